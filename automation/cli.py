@@ -1,0 +1,275 @@
+"""Command line: argument parsing and exit codes only; the work is done by the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from automation import __version__
+from automation.errors import AutodeployError, ConfigError, InputError
+
+if TYPE_CHECKING:  # the heavy modules load only for the commands that use them (configure must start fast)
+    from automation.console import Console
+    from automation.pipeline import Runner, Selection
+    from automation.stage import Stage
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors end with exit code 2 and one line naming the fix."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise InputError(f"{self.prog}: {message}", hint=f"see {self.prog} --help")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors"
+    )
+    parser = _Parser(
+        prog="autodeploy",
+        description="From a model, a GPU cluster and an SLA to a measured Dynamo + TensorRT-LLM deployment.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"autodeploy {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def pipeline_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[common])
+        sub.add_argument("pipeline", type=Path, help="the pipeline file (YAML)")
+        sub.add_argument("--run-dir", type=Path, help="run directory (default: ./autodeploy-runs/<name>)")
+        return sub
+
+    def selection_flags(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--from", dest="from_stage", metavar="STAGE", help="re-run STAGE and every stage after it"
+        )
+        sub.add_argument("--only", metavar="STAGE[,STAGE]", help="run just these stages (even if done)")
+        sub.add_argument("--to", dest="to_stage", metavar="STAGE", help="stop after STAGE")
+        sub.add_argument("--force", action="store_true", help="re-run every selected stage, done or not")
+
+    run = pipeline_command("run", "run the pipeline; resumes where it stopped, skipping what is done")
+    selection_flags(run)
+    run.set_defaults(func=_run)
+
+    plan = pipeline_command("plan", "print what `run` would do, stage by stage, and why; runs nothing")
+    selection_flags(plan)
+    plan.set_defaults(func=_plan)
+
+    status = commands.add_parser(
+        "status", help="the stage table of a run", description="the stage table of a run", parents=[common]
+    )
+    status.add_argument(
+        "target",
+        nargs="?",
+        type=Path,
+        help="pipeline file or run directory (default: list ./autodeploy-runs)",
+    )
+    status.add_argument("--run-dir", type=Path, help="run directory, when target is a pipeline file")
+    status.add_argument("--json", action="store_true", help="print the state file's content")
+    status.set_defaults(func=_status)
+
+    down = pipeline_command("down", "stop the workers and the etcd/NATS of a run, on every node")
+    down.set_defaults(func=_down)
+
+    validate = pipeline_command("validate", "check a pipeline file and print every problem, one line each")
+    validate.add_argument(
+        "--resolved", action="store_true", help="print the file with every default filled in"
+    )
+    validate.set_defaults(func=_validate)
+
+    _add_perfmodel_commands(commands, common)
+    return parser
+
+
+def _add_perfmodel_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    try:
+        from automation.perfmodel.cli import add_configure_parser, add_estimate_parser
+    except ImportError:  # the performance model has not landed in this build
+        for name in ("configure", "estimate"):
+            sub = commands.add_parser(
+                name, help=f"performance model: {name} (not implemented yet)", parents=[common]
+            )
+            sub.set_defaults(func=_not_implemented)
+        return
+    for add in (add_configure_parser, add_estimate_parser):
+        sub = add(commands)
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
+
+def _not_implemented(args: argparse.Namespace) -> int:
+    raise AutodeployError(f"`autodeploy {args.command}` is not implemented yet (issue #3)")
+
+
+# ---------------------------------------------------------------------------------------- commands
+
+
+def _console() -> Console:
+    from automation.console import Console
+
+    return Console()
+
+
+def _runner(args: argparse.Namespace, stages: Sequence[type[Stage]] | None = None) -> Runner:
+    from automation.config import load_pipeline
+    from automation.pipeline import STAGES, Runner
+
+    config = load_pipeline(args.pipeline)
+    return Runner(
+        config,
+        args.pipeline,
+        run_dir=args.run_dir,
+        console=_console(),
+        stages=stages or STAGES,
+        debug=getattr(args, "debug", False),
+    )
+
+
+def _selection(args: argparse.Namespace) -> Selection:
+    from automation.pipeline import Selection
+
+    only = tuple(s.strip() for s in args.only.split(",") if s.strip()) if args.only else ()
+    return Selection(from_stage=args.from_stage, only=only, to_stage=args.to_stage, force=args.force)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return _runner(args, args.stages).run(_selection(args))
+
+
+def _plan(args: argparse.Namespace) -> int:
+    runner = _runner(args, args.stages)
+    symbols = {"run": "→", "skip": "↷", "leave": "·"}
+    words = {"run": "will run", "skip": "skip", "leave": ""}
+    runner.console.line(f"plan for {runner.config.name}  ({runner.run_dir})", "bold")
+    for decision in runner.plan(_selection(args)):
+        verb = words[decision.action]
+        text = f"{verb}: {decision.reason}" if verb else decision.reason
+        runner.console.line(f"{symbols[decision.action]} {decision.stage:<11} {text}")
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from automation.pipeline import default_run_dir
+    from automation.state import STATE_FILE, load_state
+
+    console = _console()
+    target: Path | None = args.target
+    if target is None:
+        return _list_runs(console, Path("autodeploy-runs"))
+    if target.is_dir():
+        run_dir = target
+    else:
+        from automation.config import load_pipeline
+
+        run_dir = args.run_dir or default_run_dir(load_pipeline(target))
+    state = load_state(run_dir / STATE_FILE)
+    if state is None:
+        raise InputError(f"{run_dir}: no run has been started here", hint=f"autodeploy run {target}")
+    if args.json:
+        print(state.model_dump_json(indent=2))
+        return EXIT_OK
+    rows = []
+    for name, record in state.stages.items():
+        note = ""
+        if record.error:
+            note = f"{record.error.get('message', '')} ({record.error.get('log', '')})"
+        duration = f"{record.duration_s:.1f}s" if record.duration_s is not None else ""
+        rows.append(
+            [name, record.status.value, record.attempts or "", duration, record.finished_at or "", note]
+        )
+    console.table(
+        f"run {state.run_id} ({run_dir}), updated {state.updated_at}",
+        ["stage", "status", "attempts", "duration", "finished", "note"],
+        rows,
+    )
+    return EXIT_OK
+
+
+def _list_runs(console: Console, root: Path) -> int:
+    from automation.state import STATE_FILE, load_state
+
+    rows = []
+    for state_file in sorted(root.glob(f"*/{STATE_FILE}")):
+        try:
+            state = load_state(state_file)
+        except AutodeployError as exc:
+            rows.append([state_file.parent.name, "unreadable", exc.message])
+            continue
+        if state is None:
+            continue
+        done = sum(1 for r in state.stages.values() if r.done)
+        unfinished = next((n for n, r in state.stages.items() if not r.done), "")
+        rows.append([state.run_id, f"{done}/{len(state.stages)} done", unfinished and f"next: {unfinished}"])
+    if not rows:
+        console.line(f"no runs under {root}/; start one with: autodeploy run PIPELINE.yaml")
+        return EXIT_OK
+    console.table(f"runs under {root}/", ["run", "stages", "note"], rows)
+    return EXIT_OK
+
+
+def _down(args: argparse.Namespace) -> int:
+    return _runner(args, args.stages).down()
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from automation.config import load_pipeline, resolved_yaml
+
+    config = load_pipeline(args.pipeline)
+    if args.resolved:
+        print(resolved_yaml(config), end="")
+    else:
+        _console().line(f"✓ {args.pipeline} is valid: {config.name}, {len(config.cluster.nodes)} node(s)")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None, stages: Sequence[type[Stage]] | None = None) -> int:
+    """Entry point. `stages` replaces the pipeline's stage list (test harnesses only)."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_BAD_INPUT
+        args.stages = stages
+        return int(args.func(args))
+    except ConfigError as exc:
+        if debug:
+            traceback.print_exc()
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if exc.hint:
+            print(f"  fix: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except AutodeployError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"  fix: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        else:
+            print(
+                f"error: unexpected {type(exc).__name__}: {exc} (this is a bug; --debug shows the traceback)",
+                file=sys.stderr,
+            )
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

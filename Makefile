@@ -3,6 +3,8 @@
 
 VENV ?= .venv
 STAMP := $(VENV)/.bootstrapped
+DYNAMO_VENV ?= .venv-dynamo
+DYNAMO_STAMP := $(DYNAMO_VENV)/.dynamo-1.6.1
 # The rehearsal runs every stage that has landed; this moves to `summarize` as the stages land.
 DEMO_LAST_STAGE ?= configure
 
@@ -12,12 +14,16 @@ $(STAMP): pyproject.toml scripts/bootstrap.sh scripts/system-packages.txt
 	scripts/bootstrap.sh $(VENV)
 	touch $@
 
-bootstrap: $(STAMP)
+# Dynamo (frontend + mocker) for the rehearsal and the integration tests, in its own venv.
+$(DYNAMO_STAMP): scripts/install-dynamo.sh
+	scripts/install-dynamo.sh $(DYNAMO_VENV)
 
-demo: $(STAMP)
+bootstrap: $(STAMP) $(DYNAMO_STAMP)
+
+demo: $(STAMP) $(DYNAMO_STAMP)
 	$(VENV)/bin/autodeploy run examples/rehearsal.yaml --to $(DEMO_LAST_STAGE)
 
-test: $(STAMP)
+test: $(STAMP) $(DYNAMO_STAMP)
 	$(VENV)/bin/ruff check automation tests
 	$(VENV)/bin/ruff format --check automation tests
 	$(VENV)/bin/pytest
@@ -27,4 +33,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format automation tests
 
 clean:
-	rm -rf $(VENV) autodeploy-runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DYNAMO_VENV) autodeploy-runs .pytest_cache .ruff_cache

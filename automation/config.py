@@ -195,6 +195,9 @@ class SSH(Strict):
         description="known_hosts: refuse unknown hosts; accept_new: learn a host's key the first time; "
         "insecure: accept any key.",
     )
+    known_hosts: LocalPath | None = Field(
+        None, description="known_hosts file host keys are checked against (default: ~/.ssh/known_hosts)."
+    )
     connect_timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for a connection.")
 
 

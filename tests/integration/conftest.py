@@ -1,0 +1,35 @@
+"""Session-wide real services for the integration tests (see tests/services.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.services import NamespaceCluster, Sshd, SSHKeys, free_port, namespace_cluster, start_sshd
+
+
+@pytest.fixture(scope="session")
+def ssh_keys(tmp_path_factory: pytest.TempPathFactory) -> SSHKeys:
+    return SSHKeys.create(tmp_path_factory.mktemp("ssh"))
+
+
+@pytest.fixture(scope="session")
+def loopback_sshd(ssh_keys: SSHKeys) -> Iterator[Sshd]:
+    sshd = start_sshd(ssh_keys, "127.0.0.1", free_port())
+    yield sshd
+    sshd.stop()
+
+
+@pytest.fixture
+def known_hosts(ssh_keys: SSHKeys, loopback_sshd: Sshd, tmp_path: Path) -> Path:
+    path = tmp_path / "known_hosts"
+    path.write_text(ssh_keys.known_hosts_line(loopback_sshd.address, loopback_sshd.port))
+    return path
+
+
+@pytest.fixture(scope="session")
+def netns(ssh_keys: SSHKeys) -> Iterator[NamespaceCluster]:
+    with namespace_cluster(ssh_keys, node_count=2) as cluster:
+        yield cluster

@@ -693,13 +693,6 @@ def _consistency_problems(config: PipelineConfig) -> list[tuple[Location, str]]:
         problems.append(
             (("dynamo", "image_archive"), "required when image_source is 'load': the docker save file")
         )
-    if config.cluster.ssh.key_file is not None and not config.cluster.ssh.key_file.expanduser().exists():
-        problems.append(
-            (
-                ("cluster", "ssh", "key_file"),
-                f"{config.cluster.ssh.key_file} does not exist; give the private key's path",
-            )
-        )
     if config.checkpoint.token_file is not None and not config.checkpoint.token_file.expanduser().exists():
         problems.append((("checkpoint", "token_file"), f"{config.checkpoint.token_file} does not exist"))
     for key in config.launch.env:

@@ -9,18 +9,35 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from rich.console import Console as RichConsole
+from rich.console import RenderableType
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.text import Text
 
 NAME_WIDTH = 11
+
+
+class _BarWhenCounted(BarColumn):
+    """A bar only for tasks with a total; the stage's own spinner line has none."""
+
+    def render(self, task: Task) -> RenderableType:
+        return Text("") if task.total is None else super().render(task)
+
+
+class _CountWhenCounted(MofNCompleteColumn):
+    def render(self, task: Task) -> RenderableType:
+        return Text("") if task.total is None else super().render(task)
+
+
 PLAIN_INTERVAL_S = 5.0  # how often plain output repeats an unchanged progress line
 
 
@@ -158,8 +175,8 @@ class Console:
         progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description:<" + str(NAME_WIDTH + 2) + "}"),
-            BarColumn(bar_width=24),
-            MofNCompleteColumn(),
+            _BarWhenCounted(bar_width=24),
+            _CountWhenCounted(),
             TimeElapsedColumn(),
             TextColumn("{task.fields[status]}"),
             console=self.out,

@@ -61,6 +61,9 @@ class DockerEngine:
             return False
         return True
 
+    def image_id(self, image: str) -> str:
+        return str(self._docker().images.get(image).id)
+
     def ensure_image(self, image: str, field: str) -> None:
         """Pull the image when it is missing; a failed pull names the config field to change."""
         if self.image_present(image):

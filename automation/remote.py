@@ -83,7 +83,7 @@ class Host(ABC):
         return f"{type(self).__name__}({self.name}, {self.address})"
 
     @abstractmethod
-    def _run(self, command: str, timeout: float | None) -> Result: ...
+    def _run(self, command: str, timeout: float | None, stdin: str | None = None) -> Result: ...
 
     @abstractmethod
     def put(self, local: Path, remote: str) -> None:
@@ -92,14 +92,16 @@ class Host(ABC):
     def close(self) -> None:  # noqa: B027 - a no-op for hosts that hold no connection
         """Release the connection, if any."""
 
-    def run(self, command: str, *, check: bool = True, timeout: float | None = 120.0) -> Result:
-        """Run a bash command on the host.
+    def run(
+        self, command: str, *, check: bool = True, timeout: float | None = 120.0, stdin: str | None = None
+    ) -> Result:
+        """Run a bash command on the host; `stdin` is fed to it (how secrets travel: never in argv).
 
         Raises:
             RemoteCommandError: the command exited non-zero (with check), carrying host, command, exit code
                 and the last lines of its output.
         """
-        result = self._run(command, timeout)
+        result = self._run(command, timeout, stdin)
         if check and not result.ok:
             raise RemoteCommandError(
                 self.name, _short_command(command), result.exit_code, _tail(result.stderr or result.stdout)
@@ -107,21 +109,31 @@ class Host(ABC):
         return result
 
     def start_detached(
-        self, name: str, command: str, directory: str, env: Mapping[str, str] | None = None
+        self,
+        name: str,
+        command: str,
+        directory: str,
+        env: Mapping[str, str] | None = None,
+        secret_env: Mapping[str, str] | None = None,
     ) -> Detached:
         """Start `command` in its own session (survives the connection), logging to <directory>/<name>.log.
 
         The pid file holds "<pid> <start ticks>", so a later stop() never kills a recycled pid.
+        `secret_env` values travel on stdin, so they appear in no command line, file or error message.
         """
         log, pid_file = f"{directory}/{name}.log", f"{directory}/{name}.pid"
+        secrets = dict(secret_env or {})
+        # Read before the detached subshell, whose stdin is /dev/null.
+        reads = "".join(f"IFS= read -r {k}; export {k}; " for k in secrets)
         exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in (env or {}).items())
         script = (
-            f"{_START_TICKS}; mkdir -p {shlex.quote(directory)} && cd {shlex.quote(directory)} || exit 1; "
+            f"{_START_TICKS}; {reads}mkdir -p {shlex.quote(directory)} && cd {shlex.quote(directory)} || exit 1; "
             f"( {exports}exec setsid nohup bash -c {shlex.quote(command)} ) > {shlex.quote(log)} 2>&1 < /dev/null & "
             'pid=$!; for _ in 1 2 3 4 5 6 7 8 9 10; do t=$(start_ticks $pid); [ -n "$t" ] && break; sleep 0.01; done; '
             f'echo "$pid ${{t:-0}}" > {shlex.quote(pid_file)}; echo "$pid ${{t:-0}}"'
         )
-        pid, ticks = self.run(script, timeout=30).stdout.split()
+        stdin = "".join(f"{v}\n" for v in secrets.values()) if secrets else None
+        pid, ticks = self.run(script, timeout=30, stdin=stdin).stdout.split()
         return Detached(name=name, pid=int(pid), start_ticks=int(ticks), log=log, pid_file=pid_file)
 
     def alive(self, process: Detached) -> bool:
@@ -163,14 +175,15 @@ class Host(ABC):
 class LocalHost(Host):
     """The machine autodeploy runs on (node 0 in a normal deployment)."""
 
-    def _run(self, command: str, timeout: float | None) -> Result:
+    def _run(self, command: str, timeout: float | None, stdin: str | None = None) -> Result:
         try:
             done = subprocess.run(
                 ["bash", "-c", command],
                 capture_output=True,
                 text=True,
                 timeout=timeout,
-                stdin=subprocess.DEVNULL,
+                input=stdin,
+                stdin=None if stdin is not None else subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired as exc:
             raise RemoteCommandError(
@@ -231,6 +244,12 @@ class SSHHost(Host):
             "auth_timeout": self.connect_timeout_s,
         }
         if self.key_file is not None:
+            if not Path(self.key_file).expanduser().is_file():
+                raise HostUnreachableError(
+                    f"cluster.ssh.key_file: {self.key_file} does not exist (needed to reach {self.name})",
+                    hint="give the private key's path",
+                    host=self.name,
+                )
             # Only the named key: an agent or ~/.ssh keys must not decide which identity is used.
             connect_kwargs.update(
                 key_filename=str(Path(self.key_file).expanduser()), look_for_keys=False, allow_agent=False
@@ -281,13 +300,14 @@ class SSHHost(Host):
             host=self.name,
         )
 
-    def _run(self, command: str, timeout: float | None) -> Result:
+    def _run(self, command: str, timeout: float | None, stdin: str | None = None) -> Result:
         from invoke.exceptions import CommandTimedOut
 
         connection = self._connect()
+        stream: Any = io.StringIO(stdin) if stdin is not None else False
         try:
             done = connection.run(
-                f"bash -c {shlex.quote(command)}", hide=True, warn=True, timeout=timeout, in_stream=False
+                f"bash -c {shlex.quote(command)}", hide=True, warn=True, timeout=timeout, in_stream=stream
             )
         except CommandTimedOut as exc:
             raise RemoteCommandError(

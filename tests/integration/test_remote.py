@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from automation.errors import RemoteCommandError
-from automation.remote import Host, HostUnreachableError, LocalHost, SSHHost
+from automation.remote import Host, HostUnreachableError, LocalHost, SSHHost, wait_until
 from tests.conftest import REPO
 from tests.services import NamespaceCluster, Sshd, SSHKeys, free_port
 
@@ -83,6 +83,19 @@ def test_detached_process_outlives_the_connection_and_stops(host: Host, tmp_path
     assert host.stop(process) == "not running"
 
 
+def test_secrets_reach_the_process_but_no_command_line_or_error(host: Host, tmp_path: Path) -> None:
+    directory = str(tmp_path / f"sec-{host.name}")
+    process = host.start_detached(
+        "secretive", 'echo "token=$HF_TOKEN"; sleep 60', directory, secret_env={"HF_TOKEN": "hf_s3cr3t value"}
+    )
+    try:
+        assert wait_until(lambda: "token=hf_s3cr3t value" in host.tail(process.log), 5)
+        listing = host.run("ps -eo args").stdout
+        assert "hf_s3cr3t" not in listing
+    finally:
+        host.stop(process)
+
+
 def test_stop_kills_what_ignores_term(host: Host, tmp_path: Path) -> None:
     process = host.start_detached("stubborn", "trap '' TERM; sleep 60", str(tmp_path / f"s-{host.name}"))
     assert host.stop(process, grace_s=0.5) == "killed"
@@ -146,6 +159,12 @@ def test_sshd_down_is_a_clear_error(ssh_keys: SSHKeys, tmp_path: Path) -> None:
         host.run("true")
     assert caught.value.message.startswith("cannot reach node7 over SSH (root@127.0.0.1:")
     assert "refused" in caught.value.message.lower()
+
+
+def test_a_missing_key_file_is_named(tmp_path: Path) -> None:
+    host = SSHHost("node3", "127.0.0.1", key_file=tmp_path / "no_such_key", known_hosts=tmp_path / "kh")
+    with pytest.raises(HostUnreachableError, match=r"cluster\.ssh\.key_file: .*no_such_key does not exist"):
+        host.run("true")
 
 
 def test_namespace_nodes_are_separate_hosts(

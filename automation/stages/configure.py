@@ -1,26 +1,64 @@
-"""The configure stage: sweep the performance model and pick the best config under the SLA."""
+"""The configure stage: sweep the performance model and pick the best deployment under the SLA."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from automation.config import PipelineConfig
-from automation.errors import NotImplementedStageError
+from automation.errors import StageError
 from automation.stage import Stage, StageContext
+
+# Engine settings from the pipeline file that replace what the sweep chose, per role.
+_OVERRIDABLE = (
+    "free_gpu_memory_fraction",
+    "max_batch_size",
+    "max_num_tokens",
+    "enable_chunked_prefill",
+    "tokens_per_block",
+    "kv_cache_dtype",
+)
+
+
+def model_reference(config: PipelineConfig) -> str:
+    """What the performance model loads: a local config directory when given, else the HF id."""
+    return str(config.model.config_dir) if config.model.config_dir else config.model.hf_id
+
+
+def apply_engine_settings(plan: Any, config: PipelineConfig) -> Any:
+    """The plan with the pipeline's engine settings (shared, then per role) in place of the sweep's.
+
+    The prediction is then recomputed for this plan, so what is predicted is what generate deploys.
+    """
+    from automation.perfmodel import Plan
+
+    roles = []
+    for role in plan.roles:
+        settings = config.engine.for_role(role.role)
+        changes = {key: settings[key] for key in _OVERRIDABLE if settings.get(key) is not None}
+        roles.append(dataclasses.replace(role, **changes))
+    result: Plan = dataclasses.replace(plan, roles=tuple(roles))
+    return result
 
 
 class Configure(Stage):
-    """Done: the picked plan, the top-N per mode and the predictions are recorded. Verify: trusts the record."""
+    """Sweep parallelism, batch and serving mode with the embedded model; pick the best under the SLA.
+
+    Done: the picked plan (what generate renders), its prediction, the top-N per mode and the Pareto
+    frontiers are recorded, and configure/ holds search.json, the CSVs and the frontier plot.
+    Verify: trusts the record (the sweep is deterministic in its inputs).
+    """
 
     name = "configure"
     summary = "sweep the performance model, pick the best config under the SLA"
     needs = ()
+    revision = 2
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
         return {
-            "model": config.model.hf_id,
-            "config_dir": str(config.model.config_dir or ""),
+            "model": model_reference(config),
             "system": config.system,
             "workload": config.workload.model_dump(),
             "sla": config.sla.model_dump(),
@@ -30,7 +68,73 @@ class Configure(Stage):
         }
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        raise NotImplementedStageError(
-            "the configure stage is not implemented yet (issue #3)",
-            hint="run the stages that exist, e.g. autodeploy run FILE --to <stage>",
+        from automation.perfmodel import estimate, search
+        from automation.perfmodel.report import write_search_report
+
+        config = ctx.config
+        ctx.display.status("sweeping")
+        result = search(
+            model_reference(config),
+            config.system,
+            config.search.total_gpus or config.cluster_gpus,
+            config.workload.isl,
+            config.workload.osl,
+            config.sla.ttft_ms,
+            config.sla.tpot_ms,
+            modes=tuple(config.search.modes),
+            top_n=config.search.top_n,
+            # A worker must fit on one node; the smallest node bounds it.
+            gpus_per_node=min(node.gpus for node in config.cluster.nodes),
+        )
+        directory = ctx.path("configure")
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "search.json").write_text(json.dumps(result.to_json(), indent=2))
+        write_search_report(result, directory)
+        if result.winner is None:
+            closest = result.closest[0] if result.closest else None
+            near = (
+                f"; the closest reaches TTFT {closest.prediction.ttft_ms:.0f} ms, TPOT {closest.prediction.tpot_ms:.1f} ms"
+                if closest
+                else ""
+            )
+            raise StageError(
+                f"no configuration meets the SLA (TTFT ≤ {config.sla.ttft_ms:g} ms, TPOT ≤ {config.sla.tpot_ms:g} ms) "
+                f"for {config.model.hf_id} on {config.search.total_gpus} × {config.system}{near}",
+                hint="relax sla.ttft_ms / sla.tpot_ms, add GPUs, or change the workload; "
+                "configure/search.json lists the closest candidates",
+            )
+        best = result.best
+        assert best is not None
+        plan = apply_engine_settings(best.plan, config)
+        prediction = estimate(plan)
+        if not prediction.fits:
+            raise StageError(
+                f"with the engine settings of the pipeline file the picked config needs "
+                f"{prediction.memory_gib_per_gpu:.1f} GiB per GPU, more than a {config.system} GPU has",
+                hint="lower engine.max_batch_size / max_num_tokens or raise free_gpu_memory_fraction",
+            )
+        ctx.log.info("picked %s: %s", result.winner, json.dumps(plan.to_dict()))
+        return {
+            "mode": plan.mode,
+            "plan": plan.to_dict(),
+            "prediction": prediction.to_dict(),
+            "tokens_per_s_per_gpu_cluster": best.tokens_per_s_per_gpu_cluster,
+            "winner": result.winner,
+            "top": {mode: [c.to_row() for c in candidates] for mode, candidates in result.top.items()},
+            "report": "configure",
+        }
+
+    def describe(self, outputs: Mapping[str, Any]) -> str:
+        from automation.perfmodel import Plan
+
+        plan = Plan.from_dict(outputs["plan"])
+        prediction = outputs["prediction"]
+        layout = " + ".join(
+            f"{r.workers}×{r.role}(tp{r.tp}{f' pp{r.pp}' if r.pp > 1 else ''} bs{r.max_batch_size})"
+            for r in plan.roles
+        )
+        return (
+            f"{plan.mode}: {plan.replicas} replica(s) of {layout}; predicted "
+            f"{outputs['tokens_per_s_per_gpu_cluster']:.0f} tok/s/gpu, TTFT {prediction['ttft_ms']:.0f} ms, "
+            f"TPOT {prediction['tpot_ms']:.1f} ms"
         )

@@ -1,0 +1,265 @@
+"""Model architecture facts (dense and MoE, quantization) from a Hugging Face config.json."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from automation.errors import InputError
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
+
+# Bytes per weight element for each GEMM dtype the model knows.
+WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp8_block": 1.0, "fp4": 0.5625}  # nvfp4: 4 bit + one fp8 scale / 16
+KV_BYTES = {"fp8": 1.0, "bf16": 2.0}
+
+
+@dataclass(frozen=True)
+class ModelArch:
+    """Architecture facts the performance model needs (per whole model, not per GPU).
+
+    gemm_quant: "bf16" | "fp8" (per-tensor static) | "fp8_block" (128x128 block-scaled) | "fp4" (nvfp4).
+    kv_dtype: "fp8" | "bf16" (FP8 checkpoints get an FP8 KV cache and FP8 FMHA, as TRT-LLM deploys them).
+    For MLA models (DeepSeek) `kv_elems_per_token_layer` is the compressed latent, not 2·n_kv·d.
+    """
+
+    name: str
+    num_layers: int
+    hidden: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    gemm_quant: str = "bf16"
+    kv_dtype: str = "bf16"
+    num_experts: int = 0
+    topk: int = 0
+    moe_intermediate: int = 0
+    shared_intermediate: int = 0
+    dense_layers: int = 0  # leading dense layers of a MoE model (first_k_dense_replace)
+    mla_kv_dim: int = 0  # kv_lora_rank + qk_rope_head_dim for MLA, else 0
+    attn_weight_params: int = 0  # per-layer attention weights (q, k, v, o projections)
+    tie_embeddings: bool = False
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def family(self) -> str:
+        return "moe" if self.is_moe else "dense"
+
+    @property
+    def moe_layers(self) -> int:
+        return self.num_layers - self.dense_layers if self.is_moe else 0
+
+    @property
+    def weight_bytes(self) -> float:
+        return WEIGHT_BYTES[self.gemm_quant]
+
+    @property
+    def kv_bytes(self) -> float:
+        return KV_BYTES[self.kv_dtype]
+
+    def kv_heads_per_gpu(self, tp: int | Any) -> Any:
+        """ceil(n_kv / tp): KV heads are replicated when tp > n_kv (MLA: the latent is replicated)."""
+        if self.mla_kv_dim:
+            return 1.0
+        return _ceil_div(self.num_kv_heads, tp)
+
+    def kv_elems_per_token_layer(self, tp: int | Any = 1) -> Any:
+        """KV-cache elements one token stores per layer on one GPU: 2·ceil(n_kv/tp)·d (MLA: latent dim)."""
+        if self.mla_kv_dim:
+            return float(self.mla_kv_dim) + 0 * tp
+        return 2.0 * self.kv_heads_per_gpu(tp) * self.head_dim
+
+    def kv_bytes_per_token(self, tp: int | Any = 1) -> Any:
+        """KV bytes per token on one GPU, all layers: L·kv_elems(tp)·kv_bytes."""
+        return self.num_layers * self.kv_elems_per_token_layer(tp) * self.kv_bytes
+
+    def kv_bytes_per_token_total(self) -> float:
+        """KV bytes one token of context occupies over the whole model (what disagg must transfer)."""
+        return float(self.num_layers * self.kv_elems_per_token_layer(1) * self.kv_bytes)
+
+    def weight_params(self) -> dict[str, float]:
+        """Parameter counts by class: attention, dense FFN, routed experts (all), shared experts, embedding."""
+        h = self.hidden
+        attn = self.attn_weight_params * self.num_layers
+        ffn = 3 * h * self.intermediate * (self.dense_layers if self.is_moe else self.num_layers)
+        experts = 3 * h * self.moe_intermediate * self.num_experts * self.moe_layers
+        router = h * self.num_experts * self.moe_layers
+        shared = 3 * h * self.shared_intermediate * self.moe_layers
+        emb = self.vocab * h * (1 if self.tie_embeddings else 2)
+        return {
+            "attn": attn,
+            "ffn": ffn,
+            "experts": experts,
+            "router": router,
+            "shared": shared,
+            "embed": emb,
+        }
+
+
+def _ceil_div(a: int, b: Any) -> Any:
+    if isinstance(b, int):
+        return -(-a // b)
+    import numpy as np
+
+    return np.ceil(a / np.asarray(b, dtype=float))
+
+
+def _detect_quant(cfg: dict[str, Any], hf_quant: dict[str, Any] | None) -> tuple[str, str]:
+    """(gemm_quant, kv_dtype) from `quantization_config` or a sibling hf_quant_config.json (ModelOpt)."""
+    algo = ""
+    kv_algo = ""
+    block = False
+    q = cfg.get("quantization_config") or {}
+    if q:
+        method = str(q.get("quant_method", "")).lower()
+        algo = str(q.get("quant_algo", "") or method).upper()
+        kv_algo = str(q.get("kv_cache_quant_algo", "") or "").upper()
+        block = bool(q.get("weight_block_size"))
+        if method in {"fp8", "fbgemm_fp8"}:
+            algo = "FP8"
+        elif method in {"mxfp4"}:
+            algo = "NVFP4"
+        elif method == "compressed-tensors":
+            text = json.dumps(q).lower()
+            algo = (
+                "FP8" if "float" in text and '"num_bits": 8' in text else ("NVFP4" if "fp4" in text else "")
+            )
+    if hf_quant:
+        hq = hf_quant.get("quantization", hf_quant)
+        algo = str(hq.get("quant_algo") or algo).upper()
+        kv_algo = str(hq.get("kv_cache_quant_algo") or kv_algo).upper()
+    if "FP4" in algo:
+        gemm = "fp4"
+    elif "FP8" in algo:
+        gemm = "fp8_block" if block or "BLOCK" in algo else "fp8"
+    else:
+        gemm = "bf16"
+    # TRT-LLM deploys quantized checkpoints with an FP8 KV cache and FP8 attention (AIC assumes the same).
+    kv = "fp8" if gemm != "bf16" or "FP8" in kv_algo else "bf16"
+    return gemm, kv
+
+
+def arch_from_config(name: str, cfg: dict[str, Any], hf_quant: dict[str, Any] | None = None) -> ModelArch:
+    """Build a ModelArch from config.json contents (dense Llama/Qwen-style, MoE Qwen3/Mixtral/DeepSeek)."""
+    try:
+        if "text_config" in cfg and "hidden_size" not in cfg:
+            cfg = {**cfg["text_config"], "quantization_config": cfg.get("quantization_config")}
+        h = int(cfg["hidden_size"])
+        layers = int(cfg["num_hidden_layers"])
+        heads = int(cfg["num_attention_heads"])
+        kv_heads = int(cfg.get("num_key_value_heads") or heads)
+        head_dim = int(cfg.get("head_dim") or h // heads)
+        inter = int(cfg.get("intermediate_size") or 4 * h)
+        vocab = int(cfg["vocab_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(
+            f"config.json of '{name}' lacks an architecture field: {exc}",
+            hint="pass a Hugging Face decoder-only model directory (hidden_size, num_hidden_layers, ...)",
+        ) from None
+    experts = int(cfg.get("num_experts") or cfg.get("n_routed_experts") or cfg.get("num_local_experts") or 0)
+    topk = int(cfg.get("num_experts_per_tok") or 0) if experts else 0
+    moe_inter = int(cfg.get("moe_intermediate_size") or inter) if experts else 0
+    shared = 0
+    if experts:
+        shared = int(cfg.get("shared_expert_intermediate_size") or 0) or int(
+            (cfg.get("n_shared_experts") or 0) * moe_inter
+        )
+    dense_layers = int(cfg.get("first_k_dense_replace") or 0) if experts else 0
+    mla = 0
+    if cfg.get("kv_lora_rank"):
+        # MLA: a compressed latent (kv_lora_rank) plus the shared RoPE key is cached per token and layer.
+        mla = int(cfg["kv_lora_rank"]) + int(cfg.get("qk_rope_head_dim") or 0)
+        qk = int(cfg.get("qk_nope_head_dim") or 0) + int(cfg.get("qk_rope_head_dim") or 0)
+        v = int(cfg.get("v_head_dim") or head_dim)
+        ql = int(cfg.get("q_lora_rank") or 0)
+        q_params = (h * ql + ql * heads * qk) if ql else h * heads * qk
+        kv_params = h * mla + int(cfg["kv_lora_rank"]) * heads * (
+            qk - int(cfg.get("qk_rope_head_dim") or 0) + v
+        )
+        attn = q_params + kv_params + heads * v * h
+        head_dim = qk
+    else:
+        attn = h * (heads + 2 * kv_heads) * head_dim + heads * head_dim * h
+    gemm, kv = _detect_quant(cfg, hf_quant)
+    return ModelArch(
+        name=name,
+        num_layers=layers,
+        hidden=h,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate=inter,
+        vocab=vocab,
+        gemm_quant=gemm,
+        kv_dtype=kv,
+        num_experts=experts,
+        topk=topk,
+        moe_intermediate=moe_inter,
+        shared_intermediate=shared,
+        dense_layers=dense_layers,
+        mla_kv_dim=mla,
+        attn_weight_params=attn,
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+    )
+
+
+@lru_cache(maxsize=1)
+def _packaged() -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for p in sorted(MODELS_DIR.glob("*.json")):
+        out[p.stem.replace("--", "/")] = p
+    return out
+
+
+def known_models() -> list[str]:
+    """HF ids of the models whose facts ship with the package."""
+    return list(_packaged())
+
+
+@lru_cache(maxsize=64)
+def load_model(name_or_dir: str) -> ModelArch:
+    """Architecture of a packaged HF id (case-insensitive) or of a local directory holding config.json."""
+    if not isinstance(name_or_dir, str) or not name_or_dir.strip():
+        raise InputError(
+            "model must be a non-empty HF id or directory", hint="e.g. --model Qwen/Qwen3-32B-FP8"
+        )
+    path = Path(name_or_dir).expanduser()
+    if path.is_dir():
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            raise InputError(
+                f"no config.json in model directory '{name_or_dir}'", hint="pass a HF checkpoint dir"
+            )
+        try:
+            cfg = json.loads(cfg_path.read_text())
+            hq_path = path / "hf_quant_config.json"
+            hq = json.loads(hq_path.read_text()) if hq_path.is_file() else None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read {cfg_path}: {exc}", hint="is it valid JSON?") from None
+        return arch_from_config(str(path), cfg, hq)
+    pkg = _packaged()
+    key = {k.lower(): k for k in pkg}.get(name_or_dir.strip().lower())
+    if key is None:
+        close = difflib.get_close_matches(name_or_dir, list(pkg), n=1, cutoff=0.3)
+        guess = f"did you mean '{close[0]}'? or " if close else ""
+        raise InputError(
+            f"unknown model '{name_or_dir}'",
+            hint=f"{guess}pass a local directory containing config.json",
+        )
+    data = json.loads(pkg[key].read_text())
+    return arch_from_config(key, data["config"], data.get("hf_quant_config"))
+
+
+def param_count(arch: ModelArch) -> float:
+    """Total parameters (all experts), for display and tests."""
+    return float(math.fsum(arch.weight_params().values()))

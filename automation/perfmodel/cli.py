@@ -1,0 +1,252 @@
+"""`autodeploy configure` and `autodeploy estimate`: argparse subparsers over the perf-model API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from automation.errors import InputError
+
+
+def _int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    return v
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def add_configure_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `configure`: the perf-model sweep alone (what-if)."""
+    p = subparsers.add_parser(
+        "configure",
+        help="sweep agg/disagg deployments with the performance model and pick the best under an SLA",
+        description="Sweep aggregated and disaggregated TRT-LLM deployments and rank them by cluster tokens/s/gpu.",
+    )
+    p.add_argument(
+        "--model", required=True, help="HF id (e.g. Qwen/Qwen3-32B-FP8) or a local dir with config.json"
+    )
+    p.add_argument("--system", required=True, help="GPU system: h100_sxm, h200_sxm, b200_sxm, a100_sxm")
+    p.add_argument("--total-gpus", type=_int, required=True, help="GPUs in the cluster")
+    p.add_argument("--gpus-per-node", type=_int, default=None, help="default: the system's (8)")
+    p.add_argument("--isl", type=_int, required=True, help="input tokens per request")
+    p.add_argument("--osl", type=_int, required=True, help="output tokens per request")
+    p.add_argument("--ttft", type=_float, required=True, help="TTFT limit, ms")
+    p.add_argument("--tpot", type=_float, required=True, help="TPOT limit, ms")
+    p.add_argument(
+        "--mode", choices=("auto", "agg", "disagg"), default="auto", help="auto: both, pick the winner"
+    )
+    p.add_argument("--top-n", type=_int, default=3, help="candidates to show per mode")
+    p.add_argument(
+        "--save-dir", type=Path, default=None, help="write pareto.csv, best_config_topn.csv and a plot"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_configure)
+    return p
+
+
+def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `estimate`: one configuration's predicted TTFT/TPOT/throughput."""
+    p = subparsers.add_parser(
+        "estimate",
+        help="predict TTFT, TPOT and throughput of one configuration",
+        description="Predict one configuration: agg, disagg (xPyD), or a raw prefill / decode pass.",
+    )
+    p.add_argument("--model", required=True)
+    p.add_argument("--system", required=True)
+    p.add_argument("--isl", type=_int, required=True)
+    p.add_argument("--osl", type=_int, required=True)
+    p.add_argument("--mode", choices=("agg", "disagg", "prefill", "decode"), default="agg")
+    p.add_argument("--tp", type=_int, default=None)
+    p.add_argument("--pp", type=_int, default=1)
+    p.add_argument("--ep", type=_int, default=None, help="MoE expert parallel (default: tp)")
+    p.add_argument("--attention-dp", type=_int, default=1)
+    p.add_argument("--batch-size", type=_int, default=None)
+    p.add_argument("--max-num-tokens", type=_int, default=None, help="agg: default isl + batch size")
+    for role in ("prefill", "decode"):
+        p.add_argument(f"--{role}-tp", type=_int, default=None)
+        p.add_argument(f"--{role}-pp", type=_int, default=1)
+        p.add_argument(f"--{role}-ep", type=_int, default=None)
+        p.add_argument(f"--{role}-batch-size", type=_int, default=None)
+        p.add_argument(f"--{role}-workers", type=_int, default=1)
+    p.add_argument("--gpus-per-node", type=_int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_estimate)
+    return p
+
+
+def _need(args: argparse.Namespace, *names: str) -> None:
+    for n in names:
+        v = getattr(args, n)
+        if v is None:
+            raise InputError(f"--{n.replace('_', '-')} is required for --mode {args.mode}", hint="see --help")
+        if v <= 0:
+            raise InputError(f"--{n.replace('_', '-')} must be > 0 (got {v})", hint="pass a positive number")
+
+
+def run_configure(args: argparse.Namespace) -> int:
+    """Run the sweep and print (or save) the result; 0 even when nothing meets the SLA."""
+    from automation.perfmodel.search import search
+
+    modes = ("agg", "disagg") if args.mode == "auto" else (args.mode,)
+    res = search(
+        args.model,
+        args.system,
+        args.total_gpus,
+        args.isl,
+        args.osl,
+        args.ttft,
+        args.tpot,
+        modes=modes,
+        top_n=args.top_n,
+        gpus_per_node=args.gpus_per_node,
+    )
+    if args.save_dir is not None:
+        from automation.perfmodel.report import write_search_report
+
+        write_search_report(res, args.save_dir)
+    if args.json:
+        print(json.dumps(res.to_json()))
+        return 0
+    _print_configure(res)
+    return 0
+
+
+def _print_configure(res: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console() if sys.stdout.isatty() else Console(width=160)
+    con.print(
+        f"[bold]{res.model}[/] on {res.total_gpus}× {res.system}, ISL {res.isl}, OSL {res.osl}, "
+        f"SLA TTFT ≤ {res.ttft_ms:g} ms, TPOT ≤ {res.tpot_ms:g} ms"
+    )
+    if res.winner is None:
+        if not res.closest:
+            con.print(
+                f"[red]No configuration meets the SLA[/]: {res.model} does not fit in memory on "
+                f"{res.total_gpus}× {res.system} with the swept parallelism."
+            )
+            return
+        con.print("[red]No configuration meets the SLA[/]; the closest candidates:")
+        _table(con, Table, "closest", res.closest)
+        return
+    for mode, cands in res.top.items():
+        _table(con, Table, mode, cands)
+    _plot(res)
+    others = {m: c[0].tokens_per_s_per_gpu_cluster for m, c in res.top.items() if c and m != res.winner}
+    best = res.best.tokens_per_s_per_gpu_cluster
+    ratio = "".join(f" ({best / v:.2f}x {m})" for m, v in others.items() if v > 0)
+    con.print(f"[bold green]winner: {res.winner}[/] {best:.1f} tokens/s/gpu{ratio}")
+
+
+def _table(con: Any, table_cls: Any, title: str, cands: list[Any]) -> None:
+    t = table_cls(title=title)
+    for col in (
+        "#",
+        "mode",
+        "config",
+        "replicas",
+        "tok/s/gpu",
+        "tok/s/user",
+        "TTFT ms",
+        "TPOT ms",
+        "conc.",
+        "GiB/GPU",
+    ):
+        t.add_column(col, justify="right")
+    for i, c in enumerate(cands, 1):
+        t.add_row(
+            str(i),
+            c.mode,
+            _describe(c.plan),
+            str(c.plan.replicas),
+            f"{c.tokens_per_s_per_gpu_cluster:.1f}",
+            f"{c.prediction.tokens_per_s_per_user:.1f}",
+            f"{c.prediction.ttft_ms:.1f}",
+            f"{c.prediction.tpot_ms:.2f}",
+            f"{c.prediction.concurrency:g}",
+            f"{c.prediction.memory_gib_per_gpu:.1f}",
+        )
+    con.print(t)
+
+
+def _describe(plan: Any) -> str:
+    def one(r: Any) -> str:
+        s = f"tp{r.tp}"
+        if r.pp > 1:
+            s += f"pp{r.pp}"
+        if r.attention_dp > 1:
+            s += f"dp{r.attention_dp}"
+        if r.ep > 1:
+            s += f"ep{r.ep}"
+        return f"{s} bs{r.max_batch_size}"
+
+    if plan.mode == "agg":
+        return one(plan.role("agg"))
+    p, d = plan.role("prefill"), plan.role("decode")
+    return f"{p.workers}P({one(p)}) + {d.workers}D({one(d)})"
+
+
+def _plot(res: Any) -> None:
+    if not sys.stdout.isatty():
+        return
+    import plotext as plt
+
+    plt.clf()
+    for mode, f in res.frontier.items():
+        if f["tokens_per_s_per_user"].size:
+            plt.plot(list(f["tokens_per_s_per_user"]), list(f["tokens_per_s_per_gpu"]), label=mode)
+    plt.xlabel("tokens/s/user")
+    plt.ylabel("tokens/s/gpu")
+    plt.title("Pareto frontier")
+    plt.plotsize(80, 20)
+    plt.show()
+
+
+def run_estimate(args: argparse.Namespace) -> int:
+    """Predict one configuration and print it (table or JSON)."""
+    from automation.perfmodel.evaluate import estimate_cli
+
+    out = estimate_cli(args)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"estimate ({args.mode})")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in out.items():
+        t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
+    Console().print(t)
+    return 0
+
+
+def main_for_test(argv: list[str]) -> int:
+    """A minimal `autodeploy` with only these two commands (tests and tests/perf timing use it)."""
+    ap = argparse.ArgumentParser(prog="autodeploy")
+    sub = ap.add_subparsers(dest="command", required=True)
+    add_configure_parser(sub)
+    add_estimate_parser(sub)
+    args = ap.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except InputError as exc:
+        print(f"error: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""), file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_for_test(sys.argv[1:]))

@@ -1,0 +1,404 @@
+"""Predictions for one Plan: its design point, any concurrency, and per-role step-time curves."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from automation.errors import InputError
+from automation.perfmodel import compose
+from automation.perfmodel.arch import ModelArch, load_model
+from automation.perfmodel.plan import Plan, Prediction, RolePlan
+from automation.perfmodel.system import SystemSpec, load_system
+
+GIB = 2**30
+
+
+def _arch(model: ModelArch | str) -> ModelArch:
+    return model if isinstance(model, ModelArch) else load_model(model)
+
+
+def _sys(system: SystemSpec | str) -> SystemSpec:
+    return system if isinstance(system, SystemSpec) else load_system(system)
+
+
+def agg_ctx_tokens(role: RolePlan, isl: int) -> int:
+    """Prefill tokens per mixed step the engine can form: whole prompts that fit in max_num_tokens
+    next to a full decode batch, or a chunk of one prompt when chunked prefill is on.
+
+    ctx = floor((max_num_tokens − max_batch_size)/isl)·isl (≥ isl); chunked: max_num_tokens − max_batch_size.
+    """
+    room = role.max_num_tokens - role.max_batch_size
+    if role.enable_chunked_prefill and room < isl:
+        return max(room, 1)
+    return max(room // isl, 1) * isl
+
+
+def role_memory(
+    arch: ModelArch, sysc: SystemSpec, role: RolePlan, batch: float | None = None
+) -> dict[str, Any]:
+    """Memory per GPU of a role at `batch` (default its max_batch_size), with its own engine settings."""
+    return compose.memory_parts(
+        arch,
+        sysc,
+        role.tp,
+        role.ep,
+        role.attention_dp,
+        role.pp,
+        role.max_num_tokens,
+        role.max_batch_size if batch is None else batch,
+        role.max_seq_len,
+        role.free_gpu_memory_fraction,
+    )
+
+
+def _check_plan(plan: Plan) -> None:
+    if plan.isl <= 0 or plan.osl <= 0:
+        raise InputError(f"plan isl/osl must be > 0 (got {plan.isl}/{plan.osl})", hint="fix the workload")
+    if plan.replicas <= 0:
+        raise InputError(f"plan replicas must be > 0 (got {plan.replicas})", hint="fix the plan")
+    for r in plan.roles:
+        for name in (
+            "tp",
+            "pp",
+            "ep",
+            "attention_dp",
+            "workers",
+            "max_batch_size",
+            "max_num_tokens",
+            "max_seq_len",
+        ):
+            if getattr(r, name) <= 0:
+                raise InputError(
+                    f"plan role {r.role}: {name} must be > 0 (got {getattr(r, name)})",
+                    hint="regenerate the plan",
+                )
+        if not 0.0 < r.free_gpu_memory_fraction <= 1.0:
+            raise InputError(
+                f"plan role {r.role}: free_gpu_memory_fraction must be in (0, 1]", hint="regenerate the plan"
+            )
+    want = ("agg",) if plan.mode == "agg" else ("prefill", "decode")
+    if plan.mode not in ("agg", "disagg") or tuple(r.role for r in plan.roles) != want:
+        raise InputError(
+            f"plan mode '{plan.mode}' needs roles {want}, got {tuple(r.role for r in plan.roles)}",
+            hint="regenerate the plan",
+        )
+
+
+def _agg(
+    plan: Plan, batch: float, arch: ModelArch, sysc: SystemSpec
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    r = plan.role("agg")
+    ctx = agg_ctx_tokens(r, plan.isl)
+    m = compose.agg_metrics(arch, sysc, r.tp, r.ep, r.attention_dp, r.pp, batch, ctx, plan.isl, plan.osl)
+    return m, role_memory(arch, sysc, r, batch)
+
+
+def _disagg_core(plan: Plan, d_batch: float, arch: ModelArch, sysc: SystemSpec) -> dict[str, float]:
+    p, d = plan.role("prefill"), plan.role("decode")
+    t_pre = float(
+        compose.prefill_ms(arch, sysc, p.tp, p.ep, p.attention_dp, p.pp, p.max_batch_size, plan.isl)
+    )
+    t_dec = float(
+        compose.decode_tpot_ms(arch, sysc, d.tp, d.ep, d.attention_dp, d.pp, d_batch, plan.isl, plan.osl)
+    )
+    p_rate, d_rate, ttft_core, tpot = compose.disagg_rates(
+        t_pre, p.max_batch_size, p.attention_dp, t_dec, d_batch, d.attention_dp, plan.osl
+    )
+    cross = plan.gpus_per_replica > sysc.gpus_per_node
+    xfer = float(
+        compose.kv_transfer_ms(arch, sysc, plan.isl, min(p.gpus_per_worker, d.gpus_per_worker), cross)
+    )
+    seq = float(compose.xpyd_seq_s(p_rate, p.workers, d_rate, d.workers))
+    return {
+        "t_prefill": t_pre,
+        "p_rate": float(p_rate),
+        "d_rate": float(d_rate),
+        "ttft_core": float(ttft_core),
+        "tpot": float(tpot),
+        "xfer": xfer,
+        "seq_s": seq,
+    }
+
+
+def _memory_and_fit(
+    arch: ModelArch, sysc: SystemSpec, plan: Plan, batches: dict[str, float]
+) -> tuple[float, bool]:
+    mem, fits = 0.0, True
+    for r in plan.roles:
+        m = role_memory(arch, sysc, r, batches.get(r.role))
+        mem = max(mem, float(m["total"]) / GIB)
+        fits = fits and bool(m["fits"])
+    return mem, fits
+
+
+def estimate(plan: Plan) -> Prediction:
+    """The prediction at the plan's design point (every role at its max_batch_size).
+
+    agg: the IFB steady state of compose.agg_metrics. disagg: TTFT = 1.8·1.1·prefill + KV transfer,
+    TPOT = 1.08·decode TPOT, throughput rate-matched min(0.9·x·prefill, 0.92·y·decode)·osl / GPUs.
+    """
+    _check_plan(plan)
+    arch, sysc = load_model(plan.model), load_system(plan.system)
+    if plan.mode == "agg":
+        r = plan.role("agg")
+        m, _ = _agg(plan, r.max_batch_size, arch, sysc)
+        mem, fits = _memory_and_fit(arch, sysc, plan, {})
+        return Prediction(
+            ttft_ms=float(m["ttft_ms"]),
+            tpot_ms=float(m["tpot_ms"]),
+            tokens_per_s_per_gpu=float(m["tokens_s_gpu"]),
+            tokens_per_s_per_user=1000.0 / float(m["tpot_ms"]),
+            concurrency=float(m["concurrency"]) * plan.replicas,
+            memory_gib_per_gpu=mem,
+            fits=fits,
+        )
+    d = plan.role("decode")
+    c = _disagg_core(plan, d.max_batch_size, arch, sysc)
+    mem, fits = _memory_and_fit(arch, sysc, plan, {})
+    return Prediction(
+        ttft_ms=c["ttft_core"] + c["xfer"],
+        tpot_ms=c["tpot"],
+        tokens_per_s_per_gpu=c["seq_s"] * plan.osl / plan.gpus_per_replica,
+        tokens_per_s_per_user=1000.0 / c["tpot"],
+        concurrency=float(d.workers * d.max_batch_size * d.attention_dp * plan.replicas),
+        memory_gib_per_gpu=mem,
+        fits=fits,
+    )
+
+
+def predict_at_concurrency(plan: Plan, concurrency: int) -> Prediction:
+    """The prediction with `concurrency` requests in flight over the whole deployment (closed loop).
+
+    Requests spread evenly over replicas. agg: batch b = clamp(c/(replicas·dp·pp), 1, max_batch_size);
+    TTFT = mixed·ceil(isl/ctx)·(1 + (QF − 1)·u), u = min(c_replica/slots, 1) (the reference's QF at a
+    full batch, none for a lone request); requests beyond the batch wait:
+    TTFT += max(0, n_r/rate − (TTFT + TPOT·(osl−1))) by Little's law.
+    disagg: decode batch b = clamp(c/(replicas·y·dp), 1, max_batch_size); throughput = min(prefill,
+    decode rate at b); the TTFT queueing factor scales with prefill utilisation ρ: 1 + 0.8·ρ
+    (the reference's 1.8 at ρ = 1); plus the same Little's-law wait when c exceeds the decode slots.
+    """
+    _check_plan(plan)
+    if not isinstance(concurrency, int | float) or concurrency <= 0:
+        raise InputError(f"concurrency must be > 0 (got {concurrency})", hint="pass a positive number")
+    arch, sysc = load_model(plan.model), load_system(plan.system)
+    per_replica = concurrency / plan.replicas
+    if plan.mode == "agg":
+        r = plan.role("agg")
+        slots = r.max_batch_size * r.attention_dp * r.pp
+        b = min(max(per_replica / (r.attention_dp * r.pp), 1.0), r.max_batch_size)
+        m, mem_parts = _agg(plan, b, arch, sysc)
+        # The reference's queueing factor QF describes a full batch; below it, queueing fades with load.
+        ctx = agg_ctx_tokens(r, plan.isl)
+        div = math.ceil(plan.isl / ctx)
+        qf = float(m["ttft_ms"]) / (float(m["mixed_ms"]) * div)
+        util = min(per_replica / slots, 1.0)
+        ttft = float(m["mixed_ms"]) * div * (1.0 + (qf - 1.0) * util)
+        tpot = float(m["tpot_ms"])
+        tok_s = float(m["tokens_s"])
+        if per_replica > slots:
+            rate = tok_s / max(plan.osl - 1, 1)  # requests per second per replica
+            cycle = per_replica / rate * 1e3
+            ttft += max(0.0, cycle - (ttft + tpot * (plan.osl - 1)))
+        else:
+            tok_s *= min(per_replica / (b * r.attention_dp * r.pp), 1.0)
+        return Prediction(
+            ttft_ms=ttft,
+            tpot_ms=tpot,
+            tokens_per_s_per_gpu=tok_s / plan.gpus_per_replica,
+            tokens_per_s_per_user=1000.0 / tpot,
+            concurrency=float(concurrency),
+            memory_gib_per_gpu=float(mem_parts["total"]) / GIB,
+            fits=bool(mem_parts["fits"]),
+        )
+    p, d = plan.role("prefill"), plan.role("decode")
+    slots = d.workers * d.max_batch_size * d.attention_dp
+    b = min(max(per_replica / (d.workers * d.attention_dp), 1.0), d.max_batch_size)
+    c = _disagg_core(plan, b, arch, sysc)
+    # Closed loop: with n requests in flight each cycles once per (TTFT + TPOT·(osl−1)).
+    lat = c["ttft_core"] / compose.DISAGG_TTFT_QUEUE + c["xfer"] + c["tpot"] * (plan.osl - 1)
+    demand = min(per_replica, slots) / lat * 1e3
+    seq = min(c["seq_s"], demand)
+    rho = min(seq / (compose.PREFILL_RATE_DERATE * p.workers * c["p_rate"]), 1.0)
+    ttft = (
+        c["ttft_core"] / compose.DISAGG_TTFT_QUEUE * (1.0 + (compose.DISAGG_TTFT_QUEUE - 1.0) * rho)
+        + c["xfer"]
+    )
+    if per_replica > slots:
+        ttft += max(0.0, per_replica / seq * 1e3 - (ttft + c["tpot"] * (plan.osl - 1)))
+    mem, fits = _memory_and_fit(arch, sysc, plan, {"decode": b})
+    return Prediction(
+        ttft_ms=ttft,
+        tpot_ms=c["tpot"],
+        tokens_per_s_per_gpu=seq * plan.osl / plan.gpus_per_replica,
+        tokens_per_s_per_user=1000.0 / c["tpot"],
+        concurrency=float(concurrency),
+        memory_gib_per_gpu=mem,
+        fits=fits,
+    )
+
+
+def prefill_time_ms(
+    model: ModelArch | str,
+    system: SystemSpec | str,
+    role: RolePlan,
+    prompt_tokens: np.ndarray,
+    request_len: int | None = None,
+) -> np.ndarray:
+    """Raw prefill time (ms) of one engine step carrying `prompt_tokens` prompt tokens (array).
+
+    The step holds ceil(tokens/request_len) prompts of request_len tokens (default: one prompt of all
+    the tokens). No queueing and no correction factors: this is the engine's step-time curve.
+    """
+    arch, sysc = _arch(model), _sys(system)
+    tokens = np.maximum(np.asarray(prompt_tokens, dtype=float), 1.0)
+    if request_len:
+        reqs = np.ceil(tokens / request_len)
+        seq = tokens / reqs
+    else:
+        reqs, seq = np.ones_like(tokens), tokens
+    return compose.step_ms(
+        arch, sysc, role.tp, role.ep, role.attention_dp, role.pp, tokens, reqs, seq, 0.0, 0.0, reqs
+    ) * np.ones_like(tokens)
+
+
+def decode_step_ms(
+    model: ModelArch | str,
+    system: SystemSpec | str,
+    role: RolePlan,
+    batch_size: np.ndarray,
+    context_len: np.ndarray,
+) -> np.ndarray:
+    """Raw decode step time (ms) for `batch_size` requests each holding `context_len` tokens (broadcast)."""
+    arch, sysc = _arch(model), _sys(system)
+    b = np.maximum(np.asarray(batch_size, dtype=float), 1.0)
+    kv = np.asarray(context_len, dtype=float)
+    out = compose.decode_ms(arch, sysc, role.tp, role.ep, role.attention_dp, role.pp, b, kv)
+    return np.asarray(out, dtype=float) * np.ones(np.broadcast(b, kv).shape)
+
+
+def round_up(x: int, k: int) -> int:
+    return int(math.ceil(x / k) * k)
+
+
+def _positive(name: str, v: Any) -> int:
+    if v is None:
+        raise InputError(f"--{name} is required for this mode", hint="see autodeploy estimate --help")
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise InputError(f"--{name} must be a positive integer (got {v!r})", hint=f"pass --{name} > 0")
+    return v
+
+
+def make_role(
+    arch: ModelArch,
+    role: str,
+    tp: int,
+    batch: int,
+    isl: int,
+    osl: int,
+    pp: int = 1,
+    ep: int | None = None,
+    attention_dp: int = 1,
+    workers: int = 1,
+    max_num_tokens: int | None = None,
+) -> RolePlan:
+    """A RolePlan with the engine settings configure would choose (MoE default: experts EP over tp·dp)."""
+    from automation.perfmodel.plan import DEFAULT_FREE_GPU_MEMORY_FRACTION, DEFAULT_TOKENS_PER_BLOCK
+
+    if ep is None:
+        ep = tp * attention_dp if arch.is_moe else 1
+    if max_num_tokens is None:
+        max_num_tokens = {
+            "agg": isl + batch,
+            "prefill": round_up(isl * batch, 64),
+            "decode": round_up(batch, 32),
+        }[role]
+    return RolePlan(
+        role=role,
+        tp=tp,
+        pp=pp,
+        ep=ep,
+        attention_dp=attention_dp,
+        workers=workers,
+        max_batch_size=batch,
+        max_num_tokens=max_num_tokens,
+        max_seq_len=isl + osl,
+        enable_chunked_prefill=False,
+        free_gpu_memory_fraction=DEFAULT_FREE_GPU_MEMORY_FRACTION,
+        kv_cache_dtype="fp8" if arch.kv_dtype == "fp8" else "auto",
+        tokens_per_block=DEFAULT_TOKENS_PER_BLOCK,
+    )
+
+
+def estimate_cli(args: Any) -> dict[str, Any]:
+    """`autodeploy estimate`: one configuration's prediction as a JSON-able dict."""
+    isl, osl = _positive("isl", args.isl), _positive("osl", args.osl)
+    arch, sysc = load_model(args.model), load_system(args.system)
+    mode = args.mode
+    if mode in ("agg", "prefill", "decode"):
+        tp, b = _positive("tp", args.tp), _positive("batch-size", args.batch_size)
+        pp, dp = _positive("pp", args.pp), _positive("attention-dp", args.attention_dp)
+        ep = _positive("ep", args.ep) if args.ep is not None else None
+        if mode == "agg":
+            mnt = (
+                _positive("max-num-tokens", args.max_num_tokens) if args.max_num_tokens is not None else None
+            )
+            role = make_role(arch, "agg", tp, b, isl, osl, pp, ep, dp, 1, mnt)
+            return _pred_dict(estimate(Plan("agg", arch.name, sysc.name, (role,), 1, isl, osl)))
+        role = make_role(arch, mode, tp, b, isl, osl, pp, ep, dp)
+        mem = role_memory(arch, sysc, role)
+        gpus = role.gpus_per_worker
+        if mode == "prefill":
+            t = float(compose.prefill_ms(arch, sysc, tp, role.ep, dp, pp, b, isl))
+            ttft, tpot, tps = t, 0.0, b * dp / t * 1e3 / gpus
+            user = 1000.0 / t
+        else:
+            tpot = float(compose.decode_tpot_ms(arch, sysc, tp, role.ep, dp, pp, b, isl, osl))
+            ttft, tps, user = 0.0, b * dp / tpot * 1e3 / gpus, 1000.0 / tpot
+        return {
+            "ttft_ms": ttft,
+            "tpot_ms": tpot,
+            "tokens_per_s_per_gpu": tps,
+            "tokens_per_s_per_user": user,
+            "memory_gib_per_gpu": float(mem["total"]) / GIB,
+            "fits": bool(mem["fits"]),
+        }
+    roles = []
+    for r in ("prefill", "decode"):
+        tp = _positive(f"{r}-tp", getattr(args, f"{r}_tp"))
+        b = getattr(args, f"{r}_batch_size")
+        b = 1 if (b is None and r == "prefill") else _positive(f"{r}-batch-size", b)
+        ep = getattr(args, f"{r}_ep")
+        roles.append(
+            make_role(
+                arch,
+                r,
+                tp,
+                b,
+                isl,
+                osl,
+                _positive(f"{r}-pp", getattr(args, f"{r}_pp")),
+                ep,
+                1,
+                _positive(f"{r}-workers", getattr(args, f"{r}_workers")),
+            )
+        )
+    return _pred_dict(estimate(Plan("disagg", arch.name, sysc.name, tuple(roles), 1, isl, osl)))
+
+
+def _pred_dict(p: Prediction) -> dict[str, Any]:
+    d = p.to_dict()
+    return {
+        k: d[k]
+        for k in (
+            "ttft_ms",
+            "tpot_ms",
+            "tokens_per_s_per_gpu",
+            "tokens_per_s_per_user",
+            "memory_gib_per_gpu",
+            "fits",
+            "concurrency",
+        )
+    }

@@ -1,0 +1,245 @@
+"""Per-op roofline latencies of one TRT-LLM forward step, vectorised over numpy arrays (times in ms)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from automation.perfmodel.arch import ModelArch
+from automation.perfmodel.system import SystemSpec
+
+Arr = Any  # a float or a numpy array; every function here broadcasts
+
+
+def blend(compute_s: Arr, memory_s: Arr, knee: float) -> Arr:
+    """Max-ish of compute and memory time: (c^p + m^p)^(1/p).
+
+    A hard max(c, m) is too optimistic at the crossover, where neither unit is saturated; the p-norm
+    adds up to 2^(1/p)-1 there and tends to the max away from it. p (`knee`) is fitted per system.
+    """
+    c = np.asarray(compute_s, dtype=float)
+    m = np.asarray(memory_s, dtype=float)
+    top = np.maximum(np.maximum(c, m), 1e-30)
+    return top * ((c / top) ** knee + (m / top) ** knee) ** (1.0 / knee)
+
+
+def gemm_ms(sysc: SystemSpec, m: Arr, n: Arr, k: Arr, quant: str) -> Arr:
+    """One GEMM [m×k]·[k×n] on one GPU.
+
+    t = blend(2·max(m, m_tile)·n·k·w(n,k) / (P_q·e_q), (w_b·n·k + a_b·m·k + 2·m·n) / (BW·e_mem)) + t_gemm
+    max(m, m_tile): rows are computed in whole tiles, so a decode batch of 8 costs like m_tile rows;
+    w(n,k) = (1 + tile/n)(1 + tile/k): partial tiles and short K loops waste compute on thin shards;
+    P_q: peak of the GEMM dtype; e_q: gemm_eff (bf16), fp8_eff (per-tensor fp8, fp4) or fp8_block_eff
+    (block-scaled fp8 pays for per-block scales and smaller tiles, so it gets its own efficiency);
+    w_b/a_b: weight and activation bytes (fp8/fp4 GEMMs quantize activations to 1 byte); output bf16.
+    """
+    f = sysc.fit
+    if quant == "bf16":
+        peak, eff, wb, ab = sysc.peak_flops("bf16"), f["gemm_eff"], 2.0, 2.0
+    elif quant == "fp8_block":
+        peak, eff, wb, ab = sysc.peak_flops("fp8"), f["fp8_block_eff"], 1.0 + 4.0 / (128 * 128), 1.0
+    elif quant == "fp4":
+        peak, eff, wb, ab = sysc.peak_flops("fp4"), f["fp8_eff"], 0.5625, 0.5625
+    else:
+        peak, eff, wb, ab = sysc.peak_flops("fp8"), f["fp8_eff"], 1.0, 1.0
+    if sysc.tflops.get("fp8") is None and quant != "bf16":
+        eff = f["gemm_eff"]  # no fp8 tensor cores: weights are upcast and run at the bf16 rate
+    m = np.asarray(m, dtype=float)
+    compute = 2.0 * np.maximum(m, f["m_tile"]) * n * k * tile_waste(sysc, n, k) / (peak * eff)
+    memory = (wb * n * k + ab * m * k + 2.0 * m * n) / (sysc.hbm_bw * f["mem_eff"])
+    return (blend(compute, memory, f["knee"]) + f["gemm_us"] * 1e-6) * 1e3
+
+
+def tile_waste(sysc: SystemSpec, n: Arr, k: Arr) -> Arr:
+    """(1 + tile/n)(1 + tile/k): compute lost to partial tiles on thin GEMM dimensions (tile fitted)."""
+    t = sysc.fit["tile"]
+    return (1.0 + t / np.asarray(n, dtype=float)) * (1.0 + t / np.asarray(k, dtype=float))
+
+
+def elementwise_ms(sysc: SystemSpec, nbytes: Arr) -> Arr:
+    """Memory-bound op (norm, activation, embedding, RoPE): t = bytes / (BW·0.8) + 3 µs (facts from the yaml)."""
+    return (
+        np.asarray(nbytes, dtype=float) / (sysc.hbm_bw * sysc.elementwise_bw_eff) + sysc.elementwise_us * 1e-6
+    ) * 1e3
+
+
+def context_attention_ms(arch: ModelArch, sysc: SystemSpec, tp: Arr, reqs: Arr, seq: Arr) -> Arr:
+    """Causal prefill attention of `reqs` requests of `seq` tokens, heads split over tp.
+
+    FLOPs = 2·reqs·seq²·(n_h/tp)·d   (QKᵀ and PV, 2·s²·n·d each, halved by the causal mask)
+    bytes = reqs·seq·(2·n_h/tp + 2·ceil(n_kv/tp))·d·b_attn      (Q, O, K, V once)
+    t = blend(FLOPs / (P_fmha·attn_ctx_eff), bytes / (BW·mem_eff)) + t_attn   (0 when reqs = 0)
+    P_fmha is the fp8 peak for an fp8 KV cache (fp8 FMHA), else bf16.
+    """
+    f = sysc.fit
+    reqs = np.asarray(reqs, dtype=float)
+    heads = arch.num_heads / np.asarray(tp, dtype=float)
+    dt = "fp8" if arch.kv_dtype == "fp8" else "bf16"
+    flops = 2.0 * reqs * np.asarray(seq, dtype=float) ** 2 * heads * arch.head_dim
+    kvh = arch.kv_heads_per_gpu(tp) if not arch.mla_kv_dim else heads
+    nbytes = reqs * seq * (2.0 * heads + 2.0 * kvh) * arch.head_dim * arch.kv_bytes
+    t = blend(
+        flops / (sysc.peak_flops(dt) * f["attn_ctx_eff"]), nbytes / (sysc.hbm_bw * f["mem_eff"]), f["knee"]
+    )
+    return np.where(reqs > 0, (t + f["attn_us"] * 1e-6) * 1e3, 0.0)
+
+
+def generation_attention_ms(arch: ModelArch, sysc: SystemSpec, tp: Arr, reqs: Arr, kv_len: Arr) -> Arr:
+    """Decode attention of `reqs` requests, each reading `kv_len` cached tokens.
+
+    bytes = reqs·kv_len·kv_elems(tp)·b_kv        (kv_elems = 2·ceil(n_kv/tp)·d; MLA: the latent)
+    FLOPs = 4·reqs·(n_h/tp)·d·kv_len
+    t = blend(FLOPs / (P_bf16·attn_ctx_eff), bytes / (BW·attn_gen_eff)) + t_attn   (0 when reqs = 0)
+    """
+    f = sysc.fit
+    reqs = np.asarray(reqs, dtype=float)
+    heads = arch.num_heads / np.asarray(tp, dtype=float)
+    kv_len = np.asarray(kv_len, dtype=float)
+    nbytes = reqs * kv_len * arch.kv_elems_per_token_layer(tp) * arch.kv_bytes
+    flops = 4.0 * reqs * heads * arch.head_dim * kv_len
+    t = blend(
+        flops / (sysc.peak_flops("bf16") * f["attn_ctx_eff"]),
+        nbytes / (sysc.hbm_bw * f["attn_gen_eff"]),
+        f["knee"],
+    )
+    return np.where(reqs > 0, (t + f["attn_us"] * 1e-6) * 1e3, 0.0)
+
+
+def allreduce_ms(sysc: SystemSpec, gpus: Arr, nbytes: Arr, gpus_per_node: int | None = None) -> Arr:
+    """All-reduce of `nbytes` (bf16 activations) over `gpus` GPUs; 0 when gpus = 1.
+
+    Two algorithms, and the library picks the faster one, so the cost is not a single line:
+      one-shot: t = a + (g−1)·S / (B·e_ar)                  (small messages: one latency step)
+      ring/two-shot: t = 2·a·log2(g) + 2·S·(g−1)/g / (B·e_ar) (large messages: bandwidth-optimal)
+    a = ar_us; B = NVLink per GPU inside a node, the inter-node link per GPU beyond it.
+    """
+    f = sysc.fit
+    g = np.asarray(gpus, dtype=float)
+    s = np.asarray(nbytes, dtype=float)
+    per_node = gpus_per_node or sysc.gpus_per_node
+    bw = np.where(g > per_node, sysc.internode_gbs, sysc.nvlink_gbs) * 1e9 * f["ar_eff"]
+    a = f["ar_us"] * 1e-6
+    one = a + (g - 1.0) * s / bw
+    ring = 2.0 * a * np.log2(np.maximum(g, 2.0)) + 2.0 * s * (g - 1.0) / np.maximum(g, 1.0) / bw
+    return np.where(g > 1, np.minimum(one, ring) * 1e3, 0.0)
+
+
+def moe_experts_ms(arch: ModelArch, sysc: SystemSpec, tokens: Arr, moe_tp: Arr, ep: Arr) -> Arr:
+    """Routed-expert compute of one MoE layer on one GPU (router GEMM and comm are separate ops).
+
+    pairs  = tokens·topk / ep · (1 + moe_imbalance·log2(ep))   (hottest EP rank: power-law routing)
+    FLOPs  = 2·pairs·3·h·I_moe/moe_tp·(1 + tile/(I_moe/moe_tp))(1 + tile/h)   (gate, up, down)
+    active = distinct(tokens·topk)/ep,  distinct(n) = Σ_i 1 − exp(−n·p_i),  p_i ∝ i^(−moe_skew)
+             (experts hit at least once when routing popularity follows a power law; skew 0 = uniform)
+    bytes  = active·3·h·I_moe/moe_tp·w_b + pairs·(2h + 3·I_moe/moe_tp)·a_b
+    t = blend(FLOPs / (P_q·e_q·moe_eff), bytes / (BW·mem_eff)) + moe_us
+    """
+    f = sysc.fit
+    q = arch.gemm_quant
+    eff = {"bf16": f["gemm_eff"], "fp8_block": f["fp8_block_eff"]}.get(q, f["fp8_eff"])
+    dt = "bf16" if q == "bf16" else ("fp4" if q == "fp4" else "fp8")
+    if sysc.tflops.get("fp8") is None:
+        eff = f["gemm_eff"]
+    tokens = np.asarray(tokens, dtype=float)
+    ep = np.asarray(ep, dtype=float)
+    mt = np.asarray(moe_tp, dtype=float)
+    e, k, h, inter = arch.num_experts, arch.topk, arch.hidden, arch.moe_intermediate
+    pairs = tokens * k / ep * (1.0 + f["moe_imbalance"] * np.log2(ep))
+    flops = 2.0 * pairs * 3.0 * h * inter / mt * tile_waste(sysc, inter / mt, h)
+    active = distinct_experts(e, tokens * k, f["moe_skew"]) / ep
+    ab = 2.0 if q == "bf16" else 1.0
+    nbytes = active * 3.0 * h * inter / mt * arch.weight_bytes + pairs * (2.0 * h + 3.0 * inter / mt) * ab
+    t = blend(
+        flops / (sysc.peak_flops(dt) * eff * f["moe_eff"]), nbytes / (sysc.hbm_bw * f["mem_eff"]), f["knee"]
+    )
+    return (t + f["moe_us"] * 1e-6) * 1e3
+
+
+def distinct_experts(num_experts: int, pairs: Arr, skew: float) -> Arr:
+    """Expected experts hit by `pairs` routed (token, expert) pairs: Σ_i 1 − exp(−pairs·p_i), p_i ∝ i^(−skew)."""
+    p = np.arange(1, num_experts + 1, dtype=float) ** (-skew)
+    p /= p.sum()
+    n = np.asarray(pairs, dtype=float)
+    return (1.0 - np.exp(-n[..., None] * p)).sum(axis=-1)
+
+
+def step_ms(
+    arch: ModelArch,
+    sysc: SystemSpec,
+    tp: Arr,
+    ep: Arr,
+    dp: Arr,
+    pp: Arr,
+    tokens: Arr,
+    ctx_reqs: Arr,
+    ctx_len: Arr,
+    gen_reqs: Arr,
+    gen_kv: Arr,
+    logits_tokens: Arr,
+    ctx_div: Arr = 1.0,
+) -> Arr:
+    """Latency of one engine iteration on one attention rank, summed over all layers (ms).
+
+    `tokens` run through the non-attention ops (GEMMs see M = tokens); `ctx_reqs` prefill requests of
+    `ctx_len` tokens use context attention (divided by `ctx_div` for a chunk of a longer prompt);
+    `gen_reqs` decode requests read `gen_kv` cached tokens each.
+    layer = add_norm ×2 + qkv + attention + rope/kv-write + o_proj + [ffn | router + experts + shared]
+            + 2 all-reduces over tp·dp (tp·dp > 1)
+    step  = L_dense·layer_dense + L_moe·layer_moe + embedding (+ its all-reduce) + logits GEMM
+            + (pp−1)·p2p
+    With attention-DP (dp > 1, tp = 1) every rank attends to its own `tokens`; the MoE block sees
+    dp·tokens gathered from all ranks.
+    """
+    h, d = arch.hidden, arch.head_dim
+    tp = np.asarray(tp, dtype=float)
+    dp = np.asarray(dp, dtype=float)
+    ep = np.asarray(ep, dtype=float)
+    pp = np.asarray(pp, dtype=float)
+    m = np.asarray(tokens, dtype=float)
+    q = arch.gemm_quant
+    width = tp * dp  # GPUs of one MoE group / one TP group
+    # Attention half.
+    if arch.mla_kv_dim:  # MLA: every projection but o_proj, split over tp
+        qkv_n = (arch.attn_weight_params / h - arch.num_heads * d) / tp
+    else:
+        qkv_n = (arch.num_heads / tp + 2.0 * arch.kv_heads_per_gpu(tp)) * d
+    t_attn_half = (
+        gemm_ms(sysc, m, qkv_n, h, q)
+        + context_attention_ms(arch, sysc, tp, ctx_reqs, ctx_len) / np.asarray(ctx_div, dtype=float)
+        + generation_attention_ms(arch, sysc, tp, gen_reqs, gen_kv)
+        + 1.1
+        * elementwise_ms(sysc, m * 2.0 * (arch.num_heads / tp + 2 * arch.kv_heads_per_gpu(tp)) * d * 2.0)
+        + gemm_ms(sysc, m, h, arch.num_heads * d / tp, q)
+        + 2.0 * elementwise_ms(sysc, m * 2.0 * (2.0 * h + h))
+        + 2.0 * allreduce_ms(sysc, width, m * dp * h * 2.0) / np.where(dp > 1, 2.0, 1.0)
+    )
+    total = 0.0
+    n_dense = arch.dense_layers if arch.is_moe else arch.num_layers
+    if n_dense:
+        inter = arch.intermediate / tp
+        t_ffn = (
+            gemm_ms(sysc, m, 2.0 * inter, h, q)
+            + elementwise_ms(sysc, m * 2.0 * (3.0 * inter))
+            + gemm_ms(sysc, m, h, inter, q)
+        )
+        total = total + n_dense * (t_attn_half + t_ffn)
+    if arch.is_moe:
+        m_all = m * dp
+        moe_tp = width / ep
+        t_moe = gemm_ms(sysc, m_all, arch.num_experts, h, "bf16") + moe_experts_ms(
+            arch, sysc, m_all, moe_tp, ep
+        )
+        if arch.shared_intermediate:
+            si = arch.shared_intermediate / width
+            t_moe = t_moe + gemm_ms(sysc, m_all, 2.0 * si, h, q) + gemm_ms(sysc, m_all, h, si, q)
+        t_moe = t_moe + elementwise_ms(sysc, m_all * 2.0 * (3.0 * arch.moe_intermediate * arch.topk / ep))
+        total = total + arch.moe_layers * (t_attn_half + t_moe)
+    lt = np.asarray(logits_tokens, dtype=float)
+    per_pass = (
+        elementwise_ms(sysc, m * h * 2.0)
+        + allreduce_ms(sysc, tp, m * h * 2.0)
+        + np.where(lt > 0, gemm_ms(sysc, lt, arch.vocab / tp, h, "bf16"), 0.0)
+        + (pp - 1.0) * (m * h * 2.0 / (sysc.internode_gbs * 1e9) + sysc.p2p_us * 1e-6) * 1e3
+    )
+    return total + per_pass

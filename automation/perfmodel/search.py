@@ -1,0 +1,499 @@
+"""The configuration sweep: agg and disagg candidates, SLA filter, ranking, Pareto frontier, winner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from automation.errors import InputError
+from automation.perfmodel import compose
+from automation.perfmodel.arch import ModelArch, load_model
+from automation.perfmodel.evaluate import GIB, estimate, round_up
+from automation.perfmodel.plan import (
+    DEFAULT_FREE_GPU_MEMORY_FRACTION,
+    DEFAULT_TOKENS_PER_BLOCK,
+    Plan,
+    Prediction,
+    RolePlan,
+)
+from automation.perfmodel.system import SystemSpec, load_system
+
+# Batch grids (per attention rank), as dense as the reference tool's sweep.
+AGG_BATCHES = np.array(
+    list(range(1, 16)) + list(range(16, 64, 4)) + list(range(64, 256, 16)) + list(range(256, 513, 32)),
+    dtype=float,
+)
+DECODE_BATCHES = np.array(
+    list(range(1, 16)) + list(range(16, 32, 2)) + list(range(32, 128, 4)) + list(range(128, 513, 8)),
+    dtype=float,
+)
+MAX_WORKERS = 32  # per role per replica
+TP_CHOICES = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One ranked configuration; `tokens_per_s_per_gpu_cluster` counts idle GPUs of the cluster."""
+
+    mode: str
+    plan: Plan
+    prediction: Prediction
+    tokens_per_s_per_gpu_cluster: float
+    total_gpus: int
+    meets_sla: bool
+
+    def to_row(self) -> dict[str, Any]:
+        """The JSON shape of `autodeploy configure --json` (cluster-level tokens/s/gpu)."""
+        p, pr = self.plan, self.prediction
+        row: dict[str, Any] = {
+            "mode": self.mode,
+            "tokens_per_s_per_gpu": round(self.tokens_per_s_per_gpu_cluster, 3),
+            "tokens_per_s_per_gpu_replica": round(pr.tokens_per_s_per_gpu, 3),
+            "tokens_per_s_per_user": round(pr.tokens_per_s_per_user, 3),
+            "ttft_ms": round(pr.ttft_ms, 3),
+            "tpot_ms": round(pr.tpot_ms, 3),
+            "concurrency": pr.concurrency,
+            "replicas": p.replicas,
+            "gpus_per_replica": p.gpus_per_replica,
+            "total_gpus": self.total_gpus,
+            "memory_gib_per_gpu": round(pr.memory_gib_per_gpu, 3),
+            "fits": pr.fits,
+            "meets_sla": self.meets_sla,
+        }
+        if p.mode == "agg":
+            r = p.role("agg")
+            row.update(
+                tp=r.tp,
+                pp=r.pp,
+                ep=r.ep,
+                attention_dp=r.attention_dp,
+                batch_size=r.max_batch_size,
+                max_num_tokens=r.max_num_tokens,
+            )
+        else:
+            for name in ("prefill", "decode"):
+                r = p.role(name)
+                row[name] = {
+                    "tp": r.tp,
+                    "pp": r.pp,
+                    "ep": r.ep,
+                    "attention_dp": r.attention_dp,
+                    "batch_size": r.max_batch_size,
+                    "workers": r.workers,
+                }
+        row["plan"] = p.to_dict()
+        return row
+
+
+@dataclass
+class SearchResult:
+    """Outcome of `search`: winner mode (None if nothing meets the SLA), top-N and frontier per mode."""
+
+    model: str
+    system: str
+    total_gpus: int
+    isl: int
+    osl: int
+    ttft_ms: float
+    tpot_ms: float
+    winner: str | None
+    top: dict[str, list[Candidate]]
+    frontier: dict[str, dict[str, np.ndarray]]
+    closest: list[Candidate] = field(default_factory=list)
+
+    @property
+    def best(self) -> Candidate | None:
+        return self.top[self.winner][0] if self.winner else None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"winner": self.winner}
+        for mode, cands in self.top.items():
+            out[mode] = [c.to_row() for c in cands]
+        if self.winner is None:
+            out["closest"] = [c.to_row() for c in self.closest]
+        out["frontier"] = {mode: self.frontier_rows(mode) for mode in self.frontier}
+        return out
+
+    def frontier_rows(self, mode: str) -> list[dict[str, float]]:
+        """The Pareto frontier of one mode as rows, highest tokens/s/user first."""
+        f = self.frontier.get(mode) or {}
+        keys = ("tokens_per_s_per_user", "tokens_per_s_per_gpu", "ttft_ms", "tpot_ms")
+        if not f or not f[keys[0]].size:
+            return []
+        return [
+            {k: round(float(v), 3) for k, v in zip(keys, vals, strict=True)}
+            for vals in zip(*(f[k] for k in keys), strict=True)
+        ]
+
+
+def _configs(
+    arch: ModelArch, total_gpus: int, per_node: int, sysc: SystemSpec
+) -> list[tuple[int, int, int, int]]:
+    """Parallel configs (tp, pp, ep, attention_dp) of one worker, within one node.
+
+    dense: tp ∈ {1,2,4,8}. MoE on g GPUs: attention TP or attention DP, experts EP or TP
+    (tp·dp = moe_tp·ep; TRT-LLM forbids tp > 1 with dp > 1). pp ∈ {2, 4} only when the weights do
+    not fit on one node with TP alone.
+    """
+    cap = min(total_gpus, per_node)
+    out: list[tuple[int, int, int, int]] = []
+    for g in TP_CHOICES:
+        if g > cap:
+            continue
+        if arch.is_moe:
+            out += [(g, 1, g, 1), (g, 1, 1, 1)]
+            if g > 1:
+                out += [(1, 1, g, g), (1, 1, 1, g)]
+        else:
+            out.append((g, 1, 1, 1))
+    out = list(dict.fromkeys(out))
+    tmax = max(g for g in TP_CHOICES if g <= cap)
+    w = float(compose.weights_bytes_per_gpu(arch, tmax, tmax if arch.is_moe else 1, 1, 1))
+    if w > 0.8 * sysc.hbm_bytes:
+        for pp in (2, 4):
+            if tmax * pp <= total_gpus:
+                out.append((tmax, pp, tmax if arch.is_moe else 1, 1))
+    return out
+
+
+def _pareto_mask(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-dominated points, maximising both x and y."""
+    order = np.lexsort((-y, -x))  # x desc, then y desc
+    best = -np.inf
+    keep = np.zeros(x.size, dtype=bool)
+    for i in order:
+        if y[i] > best:
+            keep[i] = True
+            best = y[i]
+    return keep
+
+
+def _kv_dtype(arch: ModelArch) -> str:
+    return "fp8" if arch.kv_dtype == "fp8" else "auto"
+
+
+def _agg_role(
+    arch: ModelArch, cfg: tuple[int, int, int, int], b: int, ctx: int, isl: int, osl: int
+) -> RolePlan:
+    tp, pp, ep, dp = cfg
+    return RolePlan(
+        role="agg",
+        tp=tp,
+        pp=pp,
+        ep=ep,
+        attention_dp=dp,
+        workers=1,
+        max_batch_size=int(b),
+        max_num_tokens=int(ctx + b),
+        max_seq_len=isl + osl,
+        enable_chunked_prefill=False,
+        free_gpu_memory_fraction=DEFAULT_FREE_GPU_MEMORY_FRACTION,
+        kv_cache_dtype=_kv_dtype(arch),
+        tokens_per_block=DEFAULT_TOKENS_PER_BLOCK,
+    )
+
+
+def _disagg_roles(
+    arch: ModelArch,
+    pc: tuple[int, int, int, int],
+    dc: tuple[int, int, int, int],
+    d_bs: int,
+    x: int,
+    y: int,
+    isl: int,
+    osl: int,
+) -> tuple[RolePlan, RolePlan]:
+    common = {
+        "max_seq_len": isl + osl,
+        "enable_chunked_prefill": False,
+        "free_gpu_memory_fraction": DEFAULT_FREE_GPU_MEMORY_FRACTION,
+        "kv_cache_dtype": _kv_dtype(arch),
+        "tokens_per_block": DEFAULT_TOKENS_PER_BLOCK,
+    }
+    pre = RolePlan(
+        role="prefill",
+        tp=pc[0],
+        pp=pc[1],
+        ep=pc[2],
+        attention_dp=pc[3],
+        workers=int(x),
+        max_batch_size=1,
+        max_num_tokens=round_up(isl, 64),
+        **common,
+    )
+    dec = RolePlan(
+        role="decode",
+        tp=dc[0],
+        pp=dc[1],
+        ep=dc[2],
+        attention_dp=dc[3],
+        workers=int(y),
+        max_batch_size=int(d_bs),
+        max_num_tokens=round_up(int(d_bs), 32),
+        **common,
+    )
+    return pre, dec
+
+
+def _sweep_agg(
+    arch: ModelArch, sysc: SystemSpec, configs: list, total: int, isl: int, osl: int
+) -> dict[str, Any]:
+    """Every (config, batch, ctx_tokens) point as flat arrays."""
+    # ctx_tokens: whole prompts up to max(8192, 2·isl) tokens per step, never more prompts than the batch.
+    kmax = min(int(np.ceil(max(8192, 2 * isl) / isl)), int(AGG_BATCHES.max()))
+    ks = np.arange(1, kmax + 1, dtype=float)[:, None]
+    b = AGG_BATCHES[None, :]
+    cols: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("cfg", "b", "ctx", "ttft", "tpot", "tpg", "cl", "mem", "ok")
+    }
+    for ci, (tp, pp, ep, dp) in enumerate(configs):
+        ctx = np.broadcast_to(ks * isl, (ks.size, b.size))
+        bb = np.broadcast_to(b, ctx.shape)
+        valid = (bb - ks >= 1) | ((bb == 1) & (ks == 1))
+        mem = compose.memory_parts(
+            arch, sysc, tp, ep, dp, pp, ctx + bb, bb, isl + osl, DEFAULT_FREE_GPU_MEMORY_FRACTION
+        )
+        ok = valid & mem["fits"]
+        if not ok.any():
+            continue
+        m = compose.agg_metrics(arch, sysc, tp, ep, dp, pp, bb[ok], ctx[ok], isl, osl)
+        gpus = tp * pp * dp
+        reps = total // gpus
+        cols["cfg"].append(np.full(m["tpot_ms"].shape, ci))
+        cols["b"].append(bb[ok])
+        cols["ctx"].append(ctx[ok])
+        cols["ttft"].append(m["ttft_ms"])
+        cols["tpot"].append(m["tpot_ms"])
+        cols["tpg"].append(m["tokens_s_gpu"])
+        cols["cl"].append(m["tokens_s_gpu"] * reps * gpus / total)
+        cols["mem"].append(mem["total"][ok] / GIB)
+    return {k: (np.concatenate(v) if v else np.array([])) for k, v in cols.items()}
+
+
+def _sweep_disagg(
+    arch: ModelArch,
+    sysc: SystemSpec,
+    configs: list,
+    total: int,
+    per_node: int,
+    isl: int,
+    osl: int,
+    ttft_lim: float,
+) -> dict[str, Any]:
+    """Best (prefill config, x, y) for every (decode config, decode batch), as flat arrays.
+
+    For each y the best x balances the two rates: x ∈ {floor, ceil}(0.92·y·D / (0.9·P)).
+    """
+    pcfg = np.array(configs, dtype=float)  # (P, 4)
+    ptp, ppp, pep, pdp = pcfg.T
+    p_gpus = ptp * ppp * pdp
+    t_pre = compose.prefill_ms(arch, sysc, ptp, pep, pdp, ppp, 1.0, isl)
+    pmem = compose.memory_parts(
+        arch, sysc, ptp, pep, pdp, ppp, round_up(isl, 64), 1.0, isl + osl, DEFAULT_FREE_GPU_MEMORY_FRACTION
+    )
+    p_rate, _, ttft_core, _ = compose.disagg_rates(t_pre, 1.0, pdp, 1.0, 1.0, 1.0, osl)
+    p_ok = pmem["fits"]
+    rows: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("dcfg", "b", "pcfg", "x", "y", "ttft", "tpot", "tpg", "cl", "mem", "conc")
+    }
+    yv = np.arange(1, MAX_WORKERS + 1, dtype=float)
+    for di, (tp, pp, ep, dp) in enumerate(configs):
+        b = DECODE_BATCHES
+        dmem = compose.memory_parts(
+            arch, sysc, tp, ep, dp, pp, np.ceil(b / 32) * 32, b, isl + osl, DEFAULT_FREE_GPU_MEMORY_FRACTION
+        )
+        ok = dmem["fits"]
+        if not ok.any() or not p_ok.any():
+            continue
+        b = b[ok]
+        d_gpus = tp * pp * dp
+        raw = compose.decode_tpot_ms(arch, sysc, tp, ep, dp, pp, b, isl, osl)
+        _, d_rate, _, tpot = compose.disagg_rates(1.0, 1.0, 1.0, raw, b, dp, osl)
+        # shapes: (B, P, Y, 2)
+        dr = d_rate[:, None, None, None]
+        pr = p_rate[None, :, None, None]
+        yy = yv[None, None, :, None]
+        xf = compose.DECODE_RATE_DERATE * yy * dr / (compose.PREFILL_RATE_DERATE * pr)
+        xx = np.clip(np.stack([np.floor(xf[..., 0]), np.ceil(xf[..., 0])], axis=-1), 1, MAX_WORKERS)
+        gpus = xx * p_gpus[None, :, None, None] + yy * d_gpus
+        seq = compose.xpyd_seq_s(pr, xx, dr, yy)
+        reps = np.floor(total / gpus)
+        cl = seq * osl * reps / total
+        cross = gpus > per_node
+        links = np.minimum(p_gpus, d_gpus)[None, :, None, None]
+        ttft = ttft_core[None, :, None, None] + compose.kv_transfer_ms(arch, sysc, isl, links, cross)
+        good = (gpus <= total) & p_ok[None, :, None, None] & (ttft <= ttft_lim)
+        score = np.where(good, cl, -1.0)
+        flat = score.reshape(b.size, -1)
+        best = flat.argmax(axis=1)
+        has = flat[np.arange(b.size), best] > 0
+        if not has.any():
+            continue
+        pi, yi, xi = np.unravel_index(best, score.shape[1:])
+        sel = np.arange(b.size)
+        xsel = xx[sel, pi, yi, xi]
+        ysel = yv[yi]
+        gsel = gpus[sel, pi, yi, xi]
+        rows["dcfg"].append(np.full(b.size, di)[has])
+        rows["b"].append(b[has])
+        rows["pcfg"].append(pi[has])
+        rows["x"].append(xsel[has])
+        rows["y"].append(ysel[has])
+        rows["ttft"].append(ttft[sel, pi, yi, xi][has])
+        rows["tpot"].append(tpot[has])
+        rows["tpg"].append((seq[sel, pi, yi, xi] * osl / gsel)[has])
+        rows["cl"].append(cl[sel, pi, yi, xi][has])
+        rows["mem"].append(np.maximum(dmem["total"][ok][has], pmem["total"][pi[has]]) / GIB)
+        rows["conc"].append((ysel * b * dp * reps[sel, pi, yi, xi])[has])
+    return {k: (np.concatenate(v) if v else np.array([])) for k, v in rows.items()}
+
+
+def _validate(
+    total_gpus: int, isl: int, osl: int, ttft_ms: float, tpot_ms: float, top_n: int, modes: Any
+) -> None:
+    for name, v in (("total_gpus", total_gpus), ("isl", isl), ("osl", osl), ("top_n", top_n)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v <= 0:
+            raise InputError(
+                f"{name} must be a positive integer (got {v!r})", hint=f"pass --{name.replace('_', '-')} > 0"
+            )
+    for name, v in (("ttft_ms", ttft_ms), ("tpot_ms", tpot_ms)):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+            raise InputError(f"{name} must be > 0 (got {v!r})", hint="pass the SLA limit in milliseconds")
+    bad = [m for m in modes if m not in ("agg", "disagg")]
+    if bad or not modes:
+        raise InputError(
+            f"modes must be agg and/or disagg (got {list(modes)!r})", hint="use --mode agg|disagg|auto"
+        )
+
+
+def search(
+    model: str,
+    system: str,
+    total_gpus: int,
+    isl: int,
+    osl: int,
+    ttft_ms: float,
+    tpot_ms: float,
+    modes: tuple[str, ...] | list[str] = ("agg", "disagg"),
+    top_n: int = 3,
+    gpus_per_node: int | None = None,
+) -> SearchResult:
+    """Sweep agg and/or disagg deployments of `model` on `total_gpus` GPUs of `system`.
+
+    Rank by cluster tokens/s/gpu (replicas = floor(total/GPUs per replica); idle GPUs count) among
+    candidates meeting TTFT ≤ ttft_ms and TPOT ≤ tpot_ms and fitting in memory; keep the best per
+    parallel config (decode config for disagg), top_n per mode; the winner is the mode whose best
+    is higher. If nothing meets the SLA, winner is None and `closest` holds the least-violating ones.
+    """
+    _validate(total_gpus, isl, osl, ttft_ms, tpot_ms, top_n, modes)
+    arch, sysc = load_model(model), load_system(system)
+    per_node = gpus_per_node or sysc.gpus_per_node
+    if per_node <= 0:
+        raise InputError(
+            f"gpus_per_node must be > 0 (got {per_node})", hint="pass a positive GPU count per node"
+        )
+    configs = _configs(arch, total_gpus, per_node, sysc)
+    top: dict[str, list[Candidate]] = {}
+    frontier: dict[str, dict[str, np.ndarray]] = {}
+    closest: list[Candidate] = []
+    for mode in modes:
+        if mode == "agg":
+            pts = _sweep_agg(arch, sysc, configs, total_gpus, isl, osl)
+            key = pts["cfg"]
+
+            def make(i: int, pts: dict[str, Any] = pts) -> Candidate:
+                cfg = configs[int(pts["cfg"][i])]
+                role = _agg_role(arch, cfg, int(pts["b"][i]), int(pts["ctx"][i]), isl, osl)
+                gpus = role.gpus_per_worker
+                plan = Plan("agg", arch.name, sysc.name, (role,), total_gpus // gpus, isl, osl)
+                return _candidate(plan, total_gpus, ttft_ms, tpot_ms)
+        else:
+            pts = _sweep_disagg(arch, sysc, configs, total_gpus, per_node, isl, osl, ttft_ms)
+            key = pts["dcfg"]
+
+            def make(i: int, pts: dict[str, Any] = pts) -> Candidate:
+                pre, dec = _disagg_roles(
+                    arch,
+                    configs[int(pts["pcfg"][i])],
+                    configs[int(pts["dcfg"][i])],
+                    int(pts["b"][i]),
+                    int(pts["x"][i]),
+                    int(pts["y"][i]),
+                    isl,
+                    osl,
+                )
+                gpr = pre.gpus_per_worker * pre.workers + dec.gpus_per_worker * dec.workers
+                plan = Plan("disagg", arch.name, sysc.name, (pre, dec), total_gpus // gpr, isl, osl)
+                return _candidate(plan, total_gpus, ttft_ms, tpot_ms)
+
+        if pts["tpot"].size == 0:
+            top[mode], frontier[mode] = (
+                [],
+                {k: np.array([]) for k in ("tokens_per_s_per_user", "tokens_per_s_per_gpu")},
+            )
+            continue
+        user = 1000.0 / pts["tpot"]
+        cl = pts["cl"]
+        ttft_ok = pts["ttft"] <= ttft_ms
+        fm = ttft_ok & _pareto_mask(np.where(ttft_ok, user, -1.0), np.where(ttft_ok, cl, -1.0))
+        order = np.argsort(-user[fm])
+        frontier[mode] = {
+            "tokens_per_s_per_user": user[fm][order],
+            "tokens_per_s_per_gpu": cl[fm][order],
+            "ttft_ms": pts["ttft"][fm][order],
+            "tpot_ms": pts["tpot"][fm][order],
+            "index": np.flatnonzero(fm)[order],
+        }
+        meets = ttft_ok & (pts["tpot"] <= tpot_ms)
+        top[mode] = [make(i) for i in _best_per_group(np.where(meets, cl, -np.inf), user, key, top_n)]
+        # Least-violating points, kept for the "nothing meets the SLA" report.
+        viol = np.maximum(pts["ttft"] / ttft_ms, pts["tpot"] / tpot_ms)
+        closest += [make(i) for i in _best_per_group(-viol, cl, key, top_n)]
+    winner = None
+    best = {m: c[0].tokens_per_s_per_gpu_cluster for m, c in top.items() if c}
+    if best:
+        winner = max(best, key=lambda m: best[m])
+    else:
+        closest.sort(key=lambda c: max(c.prediction.ttft_ms / ttft_ms, c.prediction.tpot_ms / tpot_ms))
+        closest = closest[:top_n]
+    return SearchResult(
+        model=arch.name,
+        system=sysc.name,
+        total_gpus=total_gpus,
+        isl=isl,
+        osl=osl,
+        ttft_ms=ttft_ms,
+        tpot_ms=tpot_ms,
+        winner=winner,
+        top=top,
+        frontier=frontier,
+        closest=closest if winner is None else [],
+    )
+
+
+def _best_per_group(score: np.ndarray, tie: np.ndarray, group: np.ndarray, n: int) -> list[int]:
+    """Indices of the best finite `score` per group (tie-break `tie`), the n best groups first."""
+    ok = np.isfinite(score)
+    if not ok.any():
+        return []
+    idx = np.flatnonzero(ok)
+    order = idx[np.lexsort((-tie[idx], -score[idx]))]
+    seen: set[int] = set()
+    out: list[int] = []
+    for i in order:
+        g = int(group[i])
+        if g not in seen:
+            seen.add(g)
+            out.append(int(i))
+            if len(out) == n:
+                break
+    return out
+
+
+def _candidate(plan: Plan, total_gpus: int, ttft_ms: float, tpot_ms: float) -> Candidate:
+    pred = estimate(plan)
+    cl = pred.tokens_per_s_per_gpu * plan.total_gpus / total_gpus
+    meets = pred.ttft_ms <= ttft_ms and pred.tpot_ms <= tpot_ms and pred.fits
+    return Candidate(plan.mode, plan, pred, cl, total_gpus, meets)

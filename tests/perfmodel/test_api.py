@@ -1,0 +1,161 @@
+"""Public surface: model/system lookup, Plan round trip, search, estimate and the step-time curves."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import automation.perfmodel as pm
+from automation.errors import InputError
+from automation.perfmodel.arch import MODELS_DIR, known_models
+from automation.perfmodel.evaluate import make_role
+
+
+@pytest.mark.parametrize("path", sorted(MODELS_DIR.glob("*.json")), ids=lambda p: p.stem)
+def test_every_packaged_model_loads(path):
+    hf_id = path.stem.replace("--", "/")
+    arch = pm.load_model(hf_id)
+    assert arch.num_layers > 0 and arch.hidden > 0 and arch.kv_bytes_per_token_total() > 0
+    assert pm.load_model(hf_id.lower()) == arch
+
+
+def test_quantization_detection():
+    assert pm.load_model("Qwen/Qwen3-32B-FP8").gemm_quant == "fp8_block"
+    assert pm.load_model("nvidia/Llama-3.1-70B-Instruct-FP8").gemm_quant == "fp8"  # hf_quant_config.json
+    assert pm.load_model("nvidia/Llama-3.1-70B-Instruct-FP8").kv_dtype == "fp8"
+    assert pm.load_model("Qwen/Qwen3-8B").gemm_quant == "bf16"
+    assert pm.load_model("Qwen/Qwen3-8B").kv_dtype == "bf16"
+    assert pm.load_model("deepseek-ai/DeepSeek-V3").mla_kv_dim == 576
+
+
+def _write(dirpath, cfg, hq=None):
+    dirpath.mkdir()
+    (dirpath / "config.json").write_text(json.dumps(cfg))
+    if hq:
+        (dirpath / "hf_quant_config.json").write_text(json.dumps(hq))
+    return str(dirpath)
+
+
+def test_local_dense_and_moe_dirs(tmp_path):
+    dense = {
+        "hidden_size": 1024,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "intermediate_size": 4096,
+        "vocab_size": 32000,
+    }
+    a = pm.load_model(_write(tmp_path / "dense", dense, {"quantization": {"quant_algo": "NVFP4"}}))
+    assert not a.is_moe and a.head_dim == 128 and a.gemm_quant == "fp4" and a.kv_dtype == "fp8"
+    moe = {
+        **dense,
+        "num_experts": 16,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 512,
+        "quantization_config": {"quant_method": "fp8"},
+    }
+    b = pm.load_model(_write(tmp_path / "moe", moe))
+    assert b.is_moe and b.topk == 2 and b.gemm_quant == "fp8"
+    res = pm.search(str(tmp_path / "moe"), "h100_sxm", 8, 1000, 200, 1000, 50, top_n=2)
+    assert res.winner in ("agg", "disagg")
+
+
+def test_unknown_model_and_system():
+    with pytest.raises(InputError) as e:
+        pm.load_model("Qwen/Qwen3-32B-FP")
+    assert e.value.message == "unknown model 'Qwen/Qwen3-32B-FP'" and "\n" not in str(e.value)
+    assert "did you mean 'Qwen/Qwen3-32B-FP8'?" in e.value.hint and "config.json" in e.value.hint
+    with pytest.raises(InputError) as e:
+        pm.load_system("h200")
+    assert "unknown system 'h200'" in e.value.message and "h200_sxm" in e.value.hint
+    assert "a100_sxm" in pm.load_system("a100_sxm").name
+    assert len(known_models()) >= 9
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"isl": 0}, "isl"),
+        ({"osl": -1}, "osl"),
+        ({"total_gpus": 0}, "total_gpus"),
+        ({"ttft_ms": 0}, "ttft_ms"),
+        ({"tpot_ms": -2.0}, "tpot_ms"),
+        ({"top_n": 0}, "top_n"),
+        ({"modes": ("both",)}, "modes"),
+    ],
+)
+def test_bad_search_input(kwargs, name):
+    args = {"total_gpus": 8, "isl": 1000, "osl": 100, "ttft_ms": 500.0, "tpot_ms": 20.0, **kwargs}
+    with pytest.raises(InputError) as e:
+        pm.search("Qwen/Qwen3-8B", "h200_sxm", **args)
+    assert name in e.value.message and "\n" not in e.value.message
+
+
+def test_sla_nothing_meets_gives_closest():
+    res = pm.search("Qwen/Qwen3-32B-FP8", "h100_sxm", 8, 8000, 256, 5.0, 1.0, top_n=3)
+    assert res.winner is None and res.best is None
+    assert 0 < len(res.closest) <= 3
+    j = res.to_json()
+    assert j["winner"] is None and len(j["closest"]) == len(res.closest)
+
+
+def test_search_picks_fit_and_meet_sla_and_round_trip():
+    res = pm.search("Qwen/Qwen3-32B-FP8", "h200_sxm", 16, 4000, 512, 300.0, 10.0, top_n=3)
+    assert res.winner in ("agg", "disagg")
+    for mode, cands in res.top.items():
+        vals = [c.tokens_per_s_per_gpu_cluster for c in cands]
+        assert vals == sorted(vals, reverse=True)
+        for c in cands:
+            assert c.prediction.fits and c.meets_sla
+            assert c.plan.total_gpus <= 16 and c.plan.mode == mode
+            d = json.loads(json.dumps(c.plan.to_dict()))
+            assert pm.Plan.from_dict(d) == c.plan
+            assert pm.estimate(c.plan) == c.prediction
+    f = res.frontier["agg"]
+    assert np.all(np.diff(f["tokens_per_s_per_user"]) <= 0)
+    assert np.all(np.diff(f["tokens_per_s_per_gpu"]) >= 0)
+
+
+def test_moe_search_is_feasible():
+    res = pm.search("Qwen/Qwen3-235B-A22B-FP8", "h200_sxm", 16, 4000, 512, 1000.0, 20.0)
+    assert res.winner is not None
+    for c in res.top[res.winner]:
+        assert c.prediction.fits and c.prediction.memory_gib_per_gpu < 141
+
+
+def test_predict_at_concurrency_and_curves():
+    res = pm.search("Qwen/Qwen3-8B", "h200_sxm", 8, 1000, 1000, 1000.0, 20.0)
+    plan = res.best.plan
+    design = pm.estimate(plan)
+    at = pm.predict_at_concurrency(plan, int(design.concurrency))
+    assert at.tpot_ms == pytest.approx(design.tpot_ms, rel=1e-6)
+    if plan.mode == "agg":
+        assert at.ttft_ms == pytest.approx(design.ttft_ms, rel=1e-6)
+    low = pm.predict_at_concurrency(plan, 1)
+    assert low.tpot_ms <= design.tpot_ms and low.tokens_per_s_per_gpu < design.tokens_per_s_per_gpu
+    assert low.ttft_ms < design.ttft_ms
+    over = pm.predict_at_concurrency(plan, int(design.concurrency) * 4)
+    assert over.ttft_ms > design.ttft_ms
+    role = plan.roles[-1]
+    pre = pm.prefill_time_ms(plan.model, plan.system, role, np.array([100, 1000, 4000]))
+    assert pre.shape == (3,) and np.all(np.diff(pre) > 0)
+    dec = pm.decode_step_ms(plan.model, plan.system, role, np.array([[1], [8], [64]]), np.array([100, 2000]))
+    assert dec.shape == (3, 2) and np.all(np.diff(dec, axis=0) > 0)
+    with pytest.raises(InputError):
+        pm.predict_at_concurrency(plan, 0)
+
+
+def test_plan_round_trip_disagg():
+    arch = pm.load_model("Qwen/Qwen3-30B-A3B")
+    pre = make_role(arch, "prefill", 2, 1, 4000, 512, workers=3)
+    dec = make_role(arch, "decode", 4, 64, 4000, 512, workers=1)
+    plan = pm.Plan("disagg", arch.name, "b200_sxm", (pre, dec), 2, 4000, 512)
+    assert plan.gpus_per_replica == 10 and plan.total_gpus == 20 and plan.role("decode").ep == 4
+    again = pm.Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert again == plan
+    with pytest.raises(InputError):
+        pm.Plan.from_dict({**plan.to_dict(), "roles": [{"role": "agg"}]})
+    pred = pm.estimate(plan)
+    assert pred.fits and pred.ttft_ms > 0 and pred.concurrency == 128

@@ -1,0 +1,74 @@
+"""The configure stage: the sweep's pick is recorded as the plan generate renders, with its prediction."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import yaml
+
+from automation.config import load_pipeline
+from automation.console import Console
+from automation.perfmodel import Plan, estimate
+from automation.pipeline import Runner, Selection
+from automation.stages.configure import Configure
+from automation.state import load_state
+from tests.conftest import MINIMAL_PIPELINE
+
+
+def _run(tmp_path: Path, **changes: object) -> tuple[int, str, Runner]:
+    data = yaml.safe_load(MINIMAL_PIPELINE)
+    data.update(changes)
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = io.StringIO()
+    runner = Runner(
+        load_pipeline(path),
+        path,
+        run_dir=tmp_path / "run",
+        console=Console(out, plain=True),
+        stages=[Configure],
+    )
+    return runner.run(Selection()), out.getvalue(), runner
+
+
+def test_pick_is_recorded_with_report_files(tmp_path: Path) -> None:
+    code, out, runner = _run(tmp_path)
+    assert code == 0, out
+    outputs = load_state(runner.state_path).stages["configure"].outputs  # type: ignore[union-attr]
+    plan = Plan.from_dict(outputs["plan"])
+    assert plan.total_gpus <= 8 and plan.mode == outputs["winner"]
+    assert outputs["prediction"]["ttft_ms"] <= 500 and outputs["prediction"]["tpot_ms"] <= 20
+    assert estimate(plan).to_dict() == outputs["prediction"]  # the record is the model's answer for this plan
+    report = tmp_path / "run" / "configure"
+    assert json.loads((report / "search.json").read_text())["winner"] == outputs["winner"]
+    assert (report / "pareto_frontier.png").stat().st_size > 1000
+    assert (report / plan.mode / "best_config_topn.csv").exists()
+    assert "predicted" in out and "tok/s/gpu" in out
+
+
+def test_engine_settings_from_the_pipeline_are_in_the_plan(tmp_path: Path) -> None:
+    code, out, runner = _run(
+        tmp_path,
+        search={"modes": ["disagg"]},
+        engine={"free_gpu_memory_fraction": 0.85, "decode": {"free_gpu_memory_fraction": 0.7}},
+    )
+    assert code == 0, out
+    plan = Plan.from_dict(load_state(runner.state_path).stages["configure"].outputs["plan"])  # type: ignore[union-attr]
+    assert plan.role("prefill").free_gpu_memory_fraction == 0.85
+    assert plan.role("decode").free_gpu_memory_fraction == 0.7
+
+
+def test_an_sla_nothing_meets_fails_with_the_closest(tmp_path: Path) -> None:
+    code, out, runner = _run(tmp_path, sla={"ttft_ms": 1, "tpot_ms": 0.1})
+    assert code == 1
+    assert "no configuration meets the SLA (TTFT ≤ 1 ms, TPOT ≤ 0.1 ms)" in out
+    assert "the closest reaches" in out and "relax sla.ttft_ms" in out
+    assert load_state(runner.state_path).stages["configure"].status.value == "failed"  # type: ignore[union-attr]
+
+
+def test_unknown_model_is_bad_input(tmp_path: Path) -> None:
+    code, out, _ = _run(tmp_path, model={"hf_id": "Qwen/Qwen3-33B"})
+    assert code == 2
+    assert "unknown model 'Qwen/Qwen3-33B'" in out

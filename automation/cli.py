@@ -89,22 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_perfmodel_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    try:
-        from automation.perfmodel.cli import add_configure_parser, add_estimate_parser
-    except ImportError:  # the performance model has not landed in this build
-        for name in ("configure", "estimate"):
-            sub = commands.add_parser(
-                name, help=f"performance model: {name} (not implemented yet)", parents=[common]
-            )
-            sub.set_defaults(func=_not_implemented)
-        return
+    # Light imports only: `autodeploy configure` must start in a fraction of a second.
+    from automation.perfmodel.cli import add_configure_parser, add_estimate_parser
+
     for add in (add_configure_parser, add_estimate_parser):
         sub = add(commands)
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-
-
-def _not_implemented(args: argparse.Namespace) -> int:
-    raise AutodeployError(f"`autodeploy {args.command}` is not implemented yet (issue #3)")
 
 
 # ---------------------------------------------------------------------------------------- commands

@@ -271,7 +271,7 @@ class Launch(Strict):
     )
     ready_timeout_s: float = Field(1200.0, gt=0, description="Seconds to wait until every worker serves.")
     system_port_base: Port = Field(
-        8081, description="First DYN_SYSTEM_PORT; each worker on a node gets the next one."
+        8081, description="First DYN_SYSTEM_PORT; each worker on an address gets the next free one."
     )
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment for every worker (no secrets: use token_env)."

@@ -2,12 +2,523 @@
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+import json
+import shlex
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import jinja2
+import yaml
+
 from automation.config import PipelineConfig
-from automation.errors import NotImplementedStageError
-from automation.stage import Stage, StageContext
+from automation.engine_config import (
+    TrtllmFamily,
+    check_extra,
+    deep_merge,
+    dynamo_family,
+    engine_config,
+    trtllm_family,
+    versions_data,
+)
+from automation.errors import InputError, StageError
+from automation.perfmodel.plan import Plan, RolePlan
+from automation.placement import NodeSpec, Placement, Worker, assign_ports, place
+from automation.stage import Check, Stage, StageContext
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+HEALTH_STATUS = '["generate"]'
+STOP_GRACE_S = 20
+SCHEMA_VERSION = 1
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+        # Bash's ${#ARRAY[@]} would open a Jinja comment.
+        comment_start_string="{##",
+        comment_end_string="##}",
+    )
+    env.filters["sh"] = sh_quote
+    return env
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    """Multi-line strings as YAML literal blocks (engine configs inside the ConfigMap stay readable)."""
+
+
+_LiteralDumper.add_representer(
+    list,
+    # Short lists of numbers read best inline: batch_sizes: [1, 2, 4, 8].
+    lambda dumper, data: dumper.represent_sequence(
+        "tag:yaml.org,2002:seq", data, flow_style=all(isinstance(x, (int, float, str)) for x in data)
+    ),
+)
+_LiteralDumper.add_representer(
+    str,
+    lambda dumper, data: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", data, style="|" if "\n" in data else None
+    ),
+)
+
+
+def _dump(data: Any) -> str:
+    return yaml.dump(data, Dumper=_LiteralDumper, sort_keys=False, default_flow_style=False, width=100)
+
+
+def config_file(role: str) -> str:
+    return f"{role}_config.yaml"
+
+
+def sh_quote(value: Any) -> str:
+    """A shell word for value; a leading ~/ becomes "$HOME"/ so that it still expands once quoted."""
+    text = str(value)
+    if text == "~":
+        return '"$HOME"'
+    if text.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(text[2:])
+    return shlex.quote(text)
+
+
+def _sh_words(words: list[str]) -> str:
+    """A command line, one option per line; words starting with "$ are expansions we mean, kept as they are."""
+    lines: list[list[str]] = [[]]
+    for word in words:
+        if word.startswith("--"):
+            lines.append([])
+        lines[-1].append(word if word.startswith('"$') else shlex.quote(word))
+    return " \\\n    ".join(" ".join(line) for line in lines if line)
+
+
+def _extra_for(config: PipelineConfig, role: str, family: TrtllmFamily) -> dict[str, Any]:
+    """engine.extra, then engine.<role>.extra over it (nested mappings merged), each checked first so that
+    an error names the field a person has to edit."""
+    shared = config.engine.extra
+    own = getattr(config.engine, role).extra
+    check_extra(shared, family, "engine.extra")
+    check_extra(own, family, f"engine.{role}.extra")
+    return deep_merge(shared, own)
+
+
+def _check_plan(plan: Plan) -> None:
+    """A recorded plan that generate cannot render is refused here rather than half-rendered."""
+    want = ["agg"] if plan.mode == "agg" else ["prefill", "decode"]
+    order = {"agg": 0, "prefill": 1, "decode": 2}
+    got = sorted((r.role for r in plan.roles), key=lambda name: order.get(name, len(order)))
+    numbers = [plan.replicas] + [v for r in plan.roles for v in (r.tp, r.pp, r.workers, r.max_batch_size)]
+    if plan.mode not in ("agg", "disagg") or got != want or min(numbers) < 1:
+        raise InputError(
+            f"the recorded plan cannot be deployed: mode {plan.mode!r}, roles {got}, replicas {plan.replicas}",
+            hint="re-run the configure stage (autodeploy run FILE --from configure)",
+        )
+
+
+class Generator:
+    """Everything generate writes for one config and plan, as {relative path: bytes}, plus the placement."""
+
+    def __init__(self, config: PipelineConfig, plan: Plan) -> None:
+        _check_plan(plan)
+        self.config = config
+        self.plan = plan
+        self.mocker = config.launch.engine == "mocker"
+        version = config.backend.version
+        if version is None:
+            raise InputError("backend.version is not set", hint="set backend.version, e.g. 1.3.0rc23")
+        self.trtllm_version = version
+        self.tfam = trtllm_family(version)
+        self.dfam = dynamo_family(config.dynamo.version)
+        self.env = _environment()
+        self.isl = max(plan.isl, config.workload.isl)
+        self.head = config.cluster.nodes[0]
+        self.files: dict[str, bytes] = {}
+        self.kv_bytes_per_token = 0  # set with the mocker files (the real model's, for KV-transfer timing)
+        self.placement = self._place()
+
+    # ------------------------------------------------------------------------------------------ place
+
+    def _place(self) -> Placement:
+        nodes = [
+            NodeSpec(index=i, name=str(n.name), address=str(n.address), gpus=n.gpus)
+            for i, n in enumerate(self.config.cluster.nodes)
+        ]
+        placement = place(self.plan, nodes)
+        infra = self.config.infra
+        reserved = {
+            str(self.head.address): {
+                self.config.dynamo.frontend_port,
+                infra.etcd_port,
+                infra.etcd_peer_port,
+                infra.nats_port,
+                infra.nats_monitor_port,
+            }
+        }
+        assign_ports(placement, self.config.launch.system_port_base, reserved)
+        placement.frontend_port = self.config.dynamo.frontend_port
+        components = self._components()
+        ns = self.config.dynamo.namespace
+        for w in placement.workers:
+            w.component = components[w.role]
+            w.endpoint = f"dyn://{ns}.{w.component}.generate"
+            w.config = config_file(w.role)
+            w.health_url = f"http://{w.address}:{w.system_port}/health"
+            if self.mocker:
+                w.mocker_config = f"mocker/{w.id}.json"
+        counts: dict[str, int] = {}
+        for w in placement.workers:
+            counts[w.component] = counts.get(w.component, 0) + 1
+        placement.expected_instances = dict(sorted(counts.items()))
+        return placement
+
+    def _components(self) -> dict[str, str]:
+        if self.mocker:
+            return dict(versions_data()["mocker"]["components"])
+        return dict(self.dfam.components)
+
+    # ----------------------------------------------------------------------------------------- render
+
+    def render(self) -> dict[str, bytes]:
+        """Every file, keyed by its path relative to generated/ (sorted, reproducible bytes)."""
+        engine_cfgs = self._engine_configs()
+        for role, cfg in engine_cfgs.items():
+            self._text(config_file(role), self._engine_yaml(role, cfg))
+        if self.mocker:
+            self._mocker_files()
+        for node in self.placement.nodes:
+            if node.index == 0 or self.placement.on_node(node.index):
+                self._text(f"node_{node.index}_run.sh", self._node_script(node))
+        self._text("k8s_deploy.yaml", self._k8s(engine_cfgs))
+        self._text("placement.json", json.dumps(self.placement_document(), indent=2) + "\n")
+        self._text("README.md", self._readme())
+        return dict(sorted(self.files.items()))
+
+    def _text(self, path: str, text: str) -> None:
+        self.files[path] = text.encode()
+
+    def _engine_configs(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for role in self.plan.roles:
+            extra = _extra_for(self.config, role.role, self.tfam)
+            out[role.role] = engine_config(self.plan, role, self.tfam, extra, f"engine.{role.role}.extra")
+        return out
+
+    def _engine_yaml(self, role: str, cfg: dict[str, Any]) -> str:
+        return self.env.get_template("trtllm/engine.yaml.j2").render(
+            trtllm_version=self.trtllm_version,
+            role=role,
+            run_name=self.config.name,
+            family=self.tfam.name,
+            body=_dump(cfg).rstrip("\n"),
+        )
+
+    # ----------------------------------------------------------------------------------------- mocker
+
+    def _mocker_files(self) -> None:
+        from automation.mocker_profile import mocker_config, npz_bytes, timing_profile
+        from automation.perfmodel import load_model, load_system
+
+        model_ref = str(self.config.model.config_dir) if self.config.model.config_dir else self.plan.model
+        model = load_model(model_ref)
+        system = load_system(self.plan.system)
+        kv_bytes = round(model.kv_bytes_per_token_total())
+        for role in self.plan.roles:
+            profile = f"mocker/{role.role}_profile.npz"
+            self.files[profile] = npz_bytes(timing_profile(model, system, role, self.isl))
+        for w in self.placement.workers:
+            role = self.plan.role(w.role)
+            bandwidth = self._kv_link_gbs(w, system) if w.role == "prefill" else None
+            doc = mocker_config(role, self.isl, f"mocker/{role.role}_profile.npz", bandwidth, kv_bytes)
+            self._text(str(w.mocker_config), json.dumps(doc, indent=2) + "\n")
+        self.kv_bytes_per_token = kv_bytes
+
+    def _kv_link_gbs(self, prefill: Worker, system: Any) -> float:
+        """Bandwidth the KV cache of this prefill worker moves over: NVLink if its replica's decode
+        workers share its node, the inter-node link otherwise; shards move in parallel over the
+        narrower side's GPUs (as the performance model charges it)."""
+        decodes = [w for w in self.placement.workers if w.role == "decode" and w.replica == prefill.replica]
+        cross = any(d.node != prefill.node for d in decodes)
+        link = system.internode_gbs if cross else system.nvlink_gbs
+        links = min(self.plan.role("prefill").gpus_per_worker, self.plan.role("decode").gpus_per_worker)
+        return float(link) * links
+
+    # ---------------------------------------------------------------------------------------- scripts
+
+    def _worker_env(self, w: Worker) -> list[str]:
+        env = [
+            f"CUDA_VISIBLE_DEVICES={','.join(map(str, w.gpus))}",
+            f"DYN_SYSTEM_PORT={w.system_port}",
+            f"DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS={HEALTH_STATUS}",
+        ]
+        if self.dfam.system_enabled_env and not self.mocker:
+            env.append("DYN_SYSTEM_ENABLED=true")
+        return env
+
+    def _worker_words(self, w: Worker) -> list[str]:
+        """The worker's command after `env VAR=... `; $PYTHON, $MODEL_PATH etc. are expanded by the script."""
+        if self.mocker:
+            mod = versions_data()["mocker"]["module"]
+            words = ['"$PYTHON"', "-m", mod, "--model-path", '"$MODEL_PATH"']
+            words += ["--model-name", '"$SERVED_MODEL_NAME"']
+            words += ["--extra-engine-args", f'"$RESOLVED_DIR/{Path(str(w.mocker_config)).name}"']
+            words += ["--endpoint", w.endpoint]
+            if w.role != "agg":
+                words += ["--disaggregation-mode", w.role]
+            # Overrides the value the mocker would derive from the (stand-in) checkpoint's config.json.
+            words += ["--kv-bytes-per-token", str(self.kv_bytes_per_token)]
+            return words
+        f = self.dfam
+        words = ['"$PYTHON"', "-m", "dynamo.trtllm", f.model_flag, '"$MODEL_PATH"']
+        words += ["--served-model-name", '"$SERVED_MODEL_NAME"']
+        words += ["--extra-engine-args", f'"$SCRIPT_DIR/{w.config}"']
+        words += ["--endpoint", w.endpoint]
+        if w.role != "agg":
+            words += ["--disaggregation-mode", w.role, *f.strategy_flag]
+            if w.role == "decode" and f.next_endpoint_flag:
+                ns = self.config.dynamo.namespace
+                words += [f.next_endpoint_flag, f"dyn://{ns}.{f.components['prefill']}.generate"]
+        if self.config.dynamo.router_mode == "kv":
+            words.append(f.kv_events_flag)
+        return words
+
+    def _frontend_words(self) -> list[str]:
+        return ['"$PYTHON"', "-m", "dynamo.frontend", *self._frontend_args()]
+
+    def _frontend_args(self) -> list[str]:
+        d = self.config.dynamo
+        return ["--http-port", str(d.frontend_port), "--router-mode", d.router_mode]
+
+    def _node_script(self, node: NodeSpec) -> str:
+        workers = []
+        for w in self.placement.on_node(node.index):
+            words = ["env", *self._worker_env(w), *self._worker_words(w)]
+            workers.append({**w.__dict__, "command": _sh_words(words)})
+        launch = self.config.launch
+        return self.env.get_template("dynamo/node_run.sh.j2").render(
+            run_name=self.config.name,
+            node=node,
+            engine=launch.engine,
+            frontend=node.index == self.placement.frontend_node,
+            frontend_command=_sh_words(self._frontend_words()),
+            workers=workers,
+            mocker=self.mocker,
+            python=launch.python,
+            grace_s=STOP_GRACE_S,
+            head_address=self.head.address,
+            etcd_port=self.config.infra.etcd_port,
+            nats_port=self.config.infra.nats_port,
+            namespace=self.config.dynamo.namespace,
+            model_path=self.config.model.path,
+            served_name=self.config.model.served_name,
+            env=sorted(launch.env.items()),
+            bind_env=[(name, node.address) for name in self.dfam.bind_address_env]
+            if _is_ip(node.address)
+            else [],
+        )
+
+    # -------------------------------------------------------------------------------------------- k8s
+
+    def _k8s(self, engine_cfgs: dict[str, dict[str, Any]]) -> str:
+        name = self.config.name.lower().replace("_", "-").replace(".", "-")
+        cm_name = f"{name}-engine-configs"
+        image = str(self.config.dynamo.image)
+        ns = self.config.dynamo.namespace
+        mount = "/workspace/engine_configs"
+        configmap = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": cm_name},
+            "data": {config_file(r): _dump(c) for r, c in engine_cfgs.items()},
+        }
+        frontend = {
+            "componentType": "frontend",
+            "dynamoNamespace": ns,
+            "replicas": 1,
+            "extraPodSpec": {
+                "mainContainer": {
+                    "image": image,
+                    "command": ["python3", "-m", "dynamo.frontend"],
+                    "args": self._frontend_args(),
+                }
+            },
+        }
+        services: dict[str, Any] = {"Frontend": frontend}
+        names = {"agg": "TRTLLMWorker", "prefill": "TRTLLMPrefillWorker", "decode": "TRTLLMDecodeWorker"}
+        for role in self.plan.roles:
+            services[names[role.role]] = self._k8s_worker(role, image, ns, cm_name, mount)
+        deployment = {
+            "apiVersion": "nvidia.com/v1alpha1",
+            "kind": "DynamoGraphDeployment",
+            "metadata": {"name": name},
+            "spec": {"backendFramework": "trtllm", "services": services},
+        }
+        return self.env.get_template("k8s/k8s_deploy.yaml.j2").render(
+            run_name=self.config.name,
+            api_version="nvidia.com/v1alpha1",
+            model_path=self.config.model.path,
+            secret="hf-token-secret",
+            configmap=_dump(configmap),
+            deployment=_dump(deployment).rstrip("\n"),
+        )
+
+    def _k8s_worker(self, role: RolePlan, image: str, ns: str, cm_name: str, mount: str) -> dict[str, Any]:
+        f = self.dfam
+        args = [f.model_flag, str(self.config.model.path)]
+        args += ["--served-model-name", str(self.config.model.served_name)]
+        args += ["--extra-engine-args", f"{mount}/{config_file(role.role)}"]
+        # No --endpoint: the operator names the namespace (DYN_NAMESPACE) and the defaults give the
+        # components the node scripts name explicitly.
+        if role.role != "agg":
+            args += ["--disaggregation-mode", role.role, *f.strategy_flag]
+        if self.config.dynamo.router_mode == "kv":
+            args.append(f.kv_events_flag)
+        envs = [{"name": "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS", "value": HEALTH_STATUS}]
+        service: dict[str, Any] = {
+            "componentType": "worker",
+            "dynamoNamespace": ns,
+            "envFromSecret": "hf-token-secret",
+            # Every replica's workers of this role, as the node scripts start them.
+            "replicas": role.workers * self.plan.replicas,
+            "resources": {"limits": {"gpu": str(role.gpus_per_worker)}},
+            "envs": envs,
+            "extraPodSpec": {
+                "volumes": [{"name": "engine-configs", "configMap": {"name": cm_name}}],
+                "mainContainer": {
+                    "image": image,
+                    "workingDir": "/workspace",
+                    "volumeMounts": [{"name": "engine-configs", "mountPath": mount}],
+                    "command": ["python3", "-m", "dynamo.trtllm"],
+                    "args": args,
+                },
+            },
+        }
+        if role.role != "agg":
+            service["subComponentType"] = role.role
+        return service
+
+    # ---------------------------------------------------------------------------------- placement doc
+
+    def placement_document(self) -> dict[str, Any]:
+        p, c = self.placement, self.config
+        nodes = []
+        for n in p.nodes:
+            on = p.on_node(n.index)
+            has_script = n.index == 0 or bool(on)
+            nodes.append(
+                {
+                    "index": n.index,
+                    "name": n.name,
+                    "address": n.address,
+                    "gpus": n.gpus,
+                    "gpus_used": p.gpus_used(n.index),
+                    "script": f"node_{n.index}_run.sh" if has_script else None,
+                    "frontend": n.index == p.frontend_node,
+                    "workers": [w.id for w in on],
+                }
+            )
+        head = str(self.head.address)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "run": c.name,
+            "engine": c.launch.engine,
+            "mode": self.plan.mode,
+            "dynamo_version": c.dynamo.version,
+            "trtllm_version": self.trtllm_version,
+            "namespace": c.dynamo.namespace,
+            "model": {"path": c.model.path, "served_name": c.model.served_name},
+            "replicas": self.plan.replicas,
+            "gpus_per_replica": self.plan.gpus_per_replica,
+            "total_gpus": self.plan.total_gpus,
+            "frontend": {
+                "node": p.frontend_node,
+                "name": p.nodes[p.frontend_node].name,
+                "address": head,
+                "port": p.frontend_port,
+                "url": f"http://{head}:{p.frontend_port}",
+            },
+            "infra": {
+                "etcd": f"http://{head}:{c.infra.etcd_port}",
+                "nats": f"nats://{head}:{c.infra.nats_port}",
+            },
+            "expected_instances": p.expected_instances,
+            "nodes": nodes,
+            "workers": [w.__dict__ for w in p.workers],
+        }
+
+    # ----------------------------------------------------------------------------------------- readme
+
+    def _readme(self) -> str:
+        p, c = self.placement, self.config
+        summary = describe_plan(self.plan, len(p.workers), c.launch.engine)
+        nodes = []
+        for n in p.nodes:
+            on = p.on_node(n.index)
+            parts = (["frontend"] if n.index == p.frontend_node else []) + [w.log_prefix[1:-1] for w in on]
+            script = f"node_{n.index}_run.sh" if (n.index == 0 or on) else None
+            nodes.append({**n.__dict__, "script": script, "processes": ", ".join(parts) or "—"})
+        expected = " + ".join(f"{k}: {v}" for k, v in p.expected_instances.items())
+        return self.env.get_template("README.md.j2").render(
+            run_name=c.name,
+            summary=summary,
+            nodes=nodes,
+            config_files=[config_file(r.role) for r in self.plan.roles],
+            mocker=self.mocker,
+            head_address=self.head.address,
+            etcd_port=c.infra.etcd_port,
+            nats_port=c.infra.nats_port,
+            nats_monitor_port=c.infra.nats_monitor_port,
+            model_path=c.model.path,
+            work_dir=c.cluster.work_dir,
+            runtime=c.launch.runtime,
+            image=c.dynamo.image,
+            python=c.launch.python,
+            frontend_port=c.dynamo.frontend_port,
+            expected=expected,
+            served_name=c.model.served_name,
+        )
+
+
+def _is_ip(address: str) -> bool:
+    """Dynamo's bind variables take addresses, not host names."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def describe_plan(plan: Plan, workers: int, engine: str) -> str:
+    roles = ", ".join(
+        f"{r.workers}× {r.role} (tp {r.tp}, pp {r.pp}, batch {r.max_batch_size})" for r in plan.roles
+    )
+    return f"{plan.mode}, {plan.replicas} replica(s) of {roles}; {workers} workers, {engine} engine"
+
+
+def render_files(config: PipelineConfig, plan: Plan) -> dict[str, bytes]:
+    """Every generated file for config and plan, keyed by its path relative to generated/."""
+    return Generator(config, plan).render()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_files(directory: Path, files: Mapping[str, bytes]) -> None:
+    """Replace directory's contents with files (scripts executable), so no stale file survives."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    for rel, data in files.items():
+        path = directory / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        if rel.endswith(".sh"):
+            path.chmod(0o755)
 
 
 class Generate(Stage):
@@ -16,20 +527,69 @@ class Generate(Stage):
     name = "generate"
     summary = "render engine configs, node scripts and the Kubernetes manifest"
     needs = ("configure",)
+    revision = 1
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
         return {
-            "model": config.model.model_dump(mode="json"),
+            "name": config.name,
+            "model": {
+                "path": config.model.path,
+                "served_name": config.model.served_name,
+                "config_dir": str(config.model.config_dir or ""),
+            },
+            "isl": config.workload.isl,
             "backend": config.backend.model_dump(),
             "engine": config.engine.model_dump(),
-            "dynamo": config.dynamo.model_dump(mode="json"),
-            "cluster": config.cluster.model_dump(mode="json"),
-            "infra": config.infra.model_dump(),
-            "launch": config.launch.model_dump(),
+            "dynamo": config.dynamo.model_dump(
+                mode="json", include={"version", "image", "namespace", "frontend_port", "router_mode"}
+            ),
+            "nodes": [{"name": n.name, "address": n.address, "gpus": n.gpus} for n in config.cluster.nodes],
+            "work_dir": config.cluster.work_dir,
+            "infra_ports": config.infra.model_dump(
+                include={"etcd_port", "etcd_peer_port", "nats_port", "nats_monitor_port"}
+            ),
+            "launch": config.launch.model_dump(
+                include={"runtime", "engine", "python", "system_port_base", "env"}
+            ),
         }
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        raise NotImplementedStageError(
-            "the generate stage is not implemented yet (issue #4)",
-            hint="run the stages that exist, e.g. autodeploy run FILE --to <stage>",
-        )
+        recorded = ctx.output("configure")
+        if "plan" not in recorded:
+            raise StageError(
+                "the configure stage recorded no plan",
+                hint=f"autodeploy run {ctx.pipeline_file} --from configure",
+            )
+        plan = Plan.from_dict(dict(recorded["plan"]))
+        generator = Generator(ctx.config, plan)
+        files = generator.render()
+        directory = ctx.path("generated")
+        write_files(directory, files)
+        for rel in files:
+            ctx.log.info("wrote generated/%s", rel)
+        return {
+            "dir": "generated",
+            "files": {rel: _sha256(data) for rel, data in files.items()},
+            "placement": "generated/placement.json",
+            "nodes": sum(1 for rel in files if rel.startswith("node_") and rel.endswith("_run.sh")),
+            "workers": len(generator.placement.workers),
+            "engine": ctx.config.launch.engine,
+        }
+
+    def verify(self, ctx: StageContext, record: Any) -> Check:
+        outputs = record.outputs or {}
+        base = ctx.path(str(outputs.get("dir", "generated")))
+        for rel, digest in sorted(dict(outputs.get("files", {})).items()):
+            path = base / rel
+            if not path.is_file():
+                return Check.stale(f"generated/{rel} is missing")
+            if _sha256(path.read_bytes()) != digest:
+                return Check.stale(f"generated/{rel} changed")
+        return Check.still_valid("files match their hashes")
+
+    def describe(self, outputs: Mapping[str, Any]) -> str:
+        nodes, workers = outputs.get("nodes", 0), outputs.get("workers", 0)
+        engine = outputs.get("engine", "")
+        node_word = "node" if nodes == 1 else "nodes"
+        worker_word = "worker" if workers == 1 else "workers"
+        return f"{nodes} {node_word}, {workers} {worker_word}" + (f", {engine}" if engine else "")

@@ -1,27 +1,372 @@
-"""The launch stage: start every node script and wait until every worker serves."""
+"""The launch stage: copy the generated files to every node, start each node script, wait until all serve."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import shlex
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from automation.config import PipelineConfig
-from automation.errors import NotImplementedStageError
-from automation.stage import Stage, StageContext
+from automation.errors import StageError
+from automation.redact import hub_token
+from automation.remote import Detached, Host, host_for
+from automation.stage import Check, Stage, StageContext
+from automation.stages.infra import run_directory
+from automation.state import StageRecord
+
+POLL_S = 0.5
+LOG_LINES_KEPT = 5000
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What the frontend reports: generate instances per component, whether the model is listed."""
+
+    instances: dict[str, set[int]]
+    model_listed: bool
+
+    def count(self, component: str) -> int:
+        return len(self.instances.get(component, set()))
+
+
+def _get_json(url: str, timeout: float = 3.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read().decode() or "null")
+
+
+def probe_frontend(frontend: str, served_name: str) -> Readiness:
+    """Read /health (instances) and /v1/models of the frontend; an unreachable frontend reports nothing."""
+    instances: dict[str, set[int]] = {}
+    health: Any = None
+    for path in ("/health?instances=true", "/health"):
+        with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
+            health = _get_json(frontend + path)
+            if isinstance(health, dict) and health.get("instances") is not None:
+                break
+    for item in (health or {}).get("instances") or [] if isinstance(health, dict) else []:
+        if item.get("endpoint") == "generate":
+            instances.setdefault(str(item.get("component")), set()).add(int(item.get("instance_id", 0)))
+    listed = False
+    with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
+        models = _get_json(frontend + "/v1/models")
+        listed = any(m.get("id") == served_name for m in (models or {}).get("data", []))
+    return Readiness(instances, listed)
+
+
+def smoke_request(frontend: str, served_name: str) -> tuple[bool, str]:
+    """One tiny chat completion; (True, '') on HTTP 200, else (False, what came back)."""
+    body = json.dumps(
+        {
+            "model": served_name,
+            "messages": [{"role": "user", "content": "ping"}],
+            "max_tokens": 1,
+            "stream": False,
+        }
+    ).encode()
+    request = urllib.request.Request(
+        frontend + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status == 200, ""
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}: {exc.read().decode(errors='replace')[:200]}"
+    except (OSError, urllib.error.URLError) as exc:
+        return False, str(exc)
+
+
+def load_placement(ctx: StageContext) -> dict[str, Any]:
+    generated = ctx.output("generate")
+    return json.loads((ctx.run_dir / generated["placement"]).read_text())
 
 
 class Launch(Stage):
-    """Done: the expected instances are registered and a smoke request is answered. Verify: probes the frontend."""
+    """Copy generated/ to every node, start node_<i>_run.sh detached, and wait until every worker serves.
+
+    Done: the frontend's /health lists the expected number of `generate` instances per component
+    (from placement.json), the model is listed in /v1/models and a one-token request returns 200.
+    Verify: the node scripts are still the recorded processes and the frontend still reports them all.
+    A node script of this run found running with the same generated files (e.g. after the runner was
+    killed) is reused rather than started twice.
+    """
 
     name = "launch"
     summary = "start the node scripts and wait until every worker serves"
     needs = ("generate", "build", "checkpoint", "infra")
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
-        return {"launch": config.launch.model_dump(), "cluster": config.cluster.model_dump(mode="json")}
+        return {
+            "launch": config.launch.model_dump(),
+            "nodes": [node.model_dump(mode="json") for node in config.cluster.nodes],
+            "served_name": config.model.served_name,
+            "run_directory": run_directory(config),
+        }
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        raise NotImplementedStageError(
-            "the launch stage is not implemented yet (issue #5)",
-            hint="run the stages that exist, e.g. autodeploy run FILE --to <stage>",
+        config = ctx.config
+        placement = load_placement(ctx)
+        generated = ctx.output("generate")
+        files_digest = _digest(generated.get("files", {}))
+        remote_dir = run_directory(config) + "/generated"
+        frontend = self._frontend_url(placement)
+        busy = sorted({w["node"] for w in placement["workers"]} | {placement["frontend_node"]})
+        hosts = {i: host_for(config, config.cluster.nodes[i]) for i in busy}
+        started: dict[int, Detached] = {}
+        processes: dict[int, Detached] = {}
+        try:
+            for index in busy:
+                host = hosts[index]
+                directory = host.expand(remote_dir)
+                previous = self._running_here(host, directory, index, files_digest)
+                if previous is not None:
+                    ctx.log.info("node %d: reusing the running node script (pid %d)", index, previous.pid)
+                    processes[index] = previous
+                    continue
+                ctx.display.status(f"copying files to {host.name}")
+                host.put(ctx.path("generated"), directory)
+                host.run(f"echo {files_digest} > {shlex.quote(directory)}/.launched-files")
+                processes[index] = started[index] = host.start_detached(
+                    f"node_{index}",
+                    f"exec bash {shlex.quote(directory)}/node_{index}_run.sh",
+                    directory,
+                    secret_env=_secret_env(config),
+                )
+                ctx.log.info(
+                    "node %d (%s): started node_%d_run.sh, pid %d",
+                    index,
+                    host.name,
+                    index,
+                    processes[index].pid,
+                )
+            self._wait_until_ready(ctx, placement, hosts, processes, frontend)
+        except BaseException:
+            for index, process in started.items():
+                with contextlib.suppress(Exception):
+                    ctx.log.info("node %d: stopping after the failure: %s", index, hosts[index].stop(process))
+            self._collect_logs(ctx, hosts, processes)
+            for host in hosts.values():
+                host.close()
+            raise
+        self._collect_logs(ctx, hosts, processes)
+        for host in hosts.values():
+            host.close()
+        return {
+            "frontend": frontend,
+            "remote_dir": remote_dir,
+            "processes": {str(i): p.to_dict() for i, p in processes.items()},
+            "expected_instances": placement["expected_instances"],
+            "reused_nodes": sorted(set(processes) - set(started)),
+        }
+
+    def verify(self, ctx: StageContext, record: StageRecord) -> Check:
+        outputs = record.outputs
+        for index, data in outputs.get("processes", {}).items():
+            host = host_for(ctx.config, ctx.config.cluster.nodes[int(index)])
+            try:
+                if not host.alive(Detached.from_dict(data)):
+                    return Check.stale(f"the node script on {host.name} is no longer running")
+            finally:
+                host.close()
+        readiness = probe_frontend(outputs["frontend"], ctx.config.model.served_name or "")
+        for component, expected in outputs.get("expected_instances", {}).items():
+            if readiness.count(component) != expected:
+                return Check.stale(
+                    f"{readiness.count(component)}/{expected} {component} instances registered"
+                )
+        total = sum(outputs.get("expected_instances", {}).values())
+        return Check.still_valid(f"{total} workers serving at {outputs['frontend']}")
+
+    def describe(self, outputs: Mapping[str, Any]) -> str:
+        total = sum(outputs.get("expected_instances", {}).values())
+        reused = f", reused on nodes {outputs['reused_nodes']}" if outputs.get("reused_nodes") else ""
+        return f"{total} workers serving at {outputs['frontend']}{reused}"
+
+    def teardown(self, ctx: StageContext, record: StageRecord) -> str | None:
+        """Stop every node script (TERM, then KILL), then revoke the etcd leases of workers that did not deregister."""
+        config = ctx.config
+        remote_dir = run_directory(config) + "/generated"
+        stopped: list[str] = []
+        for index, node in enumerate(config.cluster.nodes):
+            host = host_for(config, node)
+            try:
+                recorded = record.outputs.get("processes", {}).get(str(index))
+                process = (
+                    Detached.from_dict(recorded)
+                    if recorded
+                    else self._from_pid_file(host, host.expand(remote_dir), index)
+                )
+                if process is not None and host.stop(process, grace_s=15) != "not running":
+                    stopped.append(host.name)
+                    self._collect_logs(ctx, {index: host}, {index: process})
+            except StageError as exc:
+                ctx.log.warning("%s: %s", node.name, exc)
+            finally:
+                host.close()
+        revoked = revoke_leftover_leases(config, ctx)
+        if not stopped and not revoked:
+            return None
+        parts = [f"workers on {', '.join(stopped)}"] if stopped else []
+        if revoked:
+            parts.append(f"{revoked} stale etcd lease(s) revoked")
+        return "; ".join(parts)
+
+    # ------------------------------------------------------------------------------------ helpers
+
+    def _frontend_url(self, placement: Mapping[str, Any]) -> str:
+        node = placement["nodes"][placement["frontend_node"]]
+        return f"http://{node['address']}:{placement['frontend_port']}"
+
+    def _from_pid_file(self, host: Host, directory: str, index: int) -> Detached | None:
+        read = host.run(f"cat {shlex.quote(directory)}/node_{index}.pid 2>/dev/null", check=False)
+        parts = read.stdout.split()
+        if len(parts) != 2:
+            return None
+        return Detached(
+            f"node_{index}",
+            int(parts[0]),
+            int(parts[1]),
+            f"{directory}/node_{index}.log",
+            f"{directory}/node_{index}.pid",
         )
+
+    def _running_here(self, host: Host, directory: str, index: int, digest: str) -> Detached | None:
+        """This run's node script, still running from the same generated files (else None; a stale one is stopped)."""
+        process = self._from_pid_file(host, directory, index)
+        if process is None or not host.alive(process):
+            return None
+        launched = host.run(
+            f"cat {shlex.quote(directory)}/.launched-files 2>/dev/null", check=False
+        ).stdout.strip()
+        if launched == digest:
+            return process
+        host.stop(process, grace_s=15)  # started from other files: replace it
+        return None
+
+    def _wait_until_ready(
+        self,
+        ctx: StageContext,
+        placement: Mapping[str, Any],
+        hosts: Mapping[int, Host],
+        processes: Mapping[int, Detached],
+        frontend: str,
+    ) -> None:
+        config = ctx.config
+        served = config.model.served_name or ""
+        expected: dict[str, int] = placement["expected_instances"]
+        total = sum(expected.values())
+        progress = ctx.display.progress("workers registered", total=total)
+        deadline = time.monotonic() + config.launch.ready_timeout_s
+        last_alive_check = 0.0
+        smoke_error = ""
+        while True:
+            now = time.monotonic()
+            if now - last_alive_check >= 2.0:
+                last_alive_check = now
+                for index, process in processes.items():
+                    if not hosts[index].alive(process):
+                        raise self._crashed(ctx, hosts[index], process, placement, index)
+            readiness = probe_frontend(frontend, served)
+            registered = sum(min(readiness.count(c), n) for c, n in expected.items())
+            progress.update(completed=registered)
+            if registered == total and readiness.model_listed:
+                ok, smoke_error = smoke_request(frontend, served)
+                if ok:
+                    ctx.log.info("ready: %s; smoke request answered", _counts(readiness, expected))
+                    return
+            if now >= deadline:
+                state = _counts(readiness, expected)
+                listed = "listed" if readiness.model_listed else "not listed"
+                detail = f"; smoke request: {smoke_error}" if smoke_error else ""
+                raise StageError(
+                    f"not ready after {config.launch.ready_timeout_s:.0f}s: {state}, model {listed}{detail}",
+                    hint="see the node logs in logs/launch.<node>.log; raise launch.ready_timeout_s for big models",
+                )
+            time.sleep(POLL_S)
+
+    def _crashed(
+        self, ctx: StageContext, host: Host, process: Detached, placement: Mapping[str, Any], index: int
+    ) -> StageError:
+        tail = host.tail(process.log, 40)
+        ctx.log.error("node script on %s exited; log tail:\n%s", host.name, tail)
+        worker = "the node script"
+        for line in reversed(tail.splitlines()):
+            if "exited with code" in line and "[autodeploy node" in line:
+                worker = line.split("]", 1)[1].strip().split(" (pid")[0]
+                break
+        last = [line for line in tail.splitlines() if line.strip() and worker in line] or tail.splitlines()
+        evidence = last[-1].strip() if last else "no output"
+        return StageError(
+            f"{worker} on {host.name} exited before every worker registered (last line: {evidence})",
+            hint=f"the full output is in logs/launch.{host.name}.log; fix the cause and rerun",
+            host=host.name,
+            worker=worker,
+            tail=tail,
+        )
+
+    def _collect_logs(
+        self, ctx: StageContext, hosts: Mapping[int, Host], processes: Mapping[int, Detached]
+    ) -> None:
+        """Copy each node script's log into <run>/logs/launch.<node>.log (the last LOG_LINES_KEPT lines)."""
+        for index, process in processes.items():
+            host = hosts[index]
+            with contextlib.suppress(Exception):
+                text = host.tail(process.log, LOG_LINES_KEPT)
+                target = ctx.path("logs", f"launch.{host.name}.log")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+
+
+def revoke_leftover_leases(config: PipelineConfig, ctx: StageContext) -> int:
+    """Revoke the etcd leases behind any instance key left in this run's namespace (a killed worker's
+    registration otherwise lingers for the lease TTL, about 30 s, and the frontend keeps routing to it)."""
+    import base64
+
+    endpoint = f"http://{config.head.address}:{config.infra.etcd_port}"
+    prefix = f"v1/instances/{config.dynamo.namespace}/".encode()
+    end = prefix[:-1] + bytes([prefix[-1] + 1])
+    try:
+        found = _post_json(
+            f"{endpoint}/v3/kv/range",
+            {
+                "key": base64.b64encode(prefix).decode(),
+                "range_end": base64.b64encode(end).decode(),
+                "keys_only": True,
+            },
+        )
+    except (OSError, ValueError, urllib.error.URLError):
+        return 0  # etcd is not running: nothing can linger in it
+    leases = {kv.get("lease") for kv in found.get("kvs", []) if kv.get("lease") not in (None, "0")}
+    for lease in leases:
+        with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
+            _post_json(f"{endpoint}/v3/lease/revoke", {"ID": lease})
+            ctx.log.info("revoked etcd lease %s", lease)
+    return len(leases)
+
+
+def _post_json(url: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read().decode() or "{}")
+
+
+def _secret_env(config: PipelineConfig) -> dict[str, str]:
+    token = hub_token(config)
+    return {"HF_TOKEN": token} if token else {}
+
+
+def _counts(readiness: Readiness, expected: Mapping[str, int]) -> str:
+    return ", ".join(f"{readiness.count(c)}/{n} {c}" for c, n in expected.items())
+
+
+def _digest(files: Mapping[str, str]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(dict(files), sort_keys=True).encode()).hexdigest()[:16]

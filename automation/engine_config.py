@@ -1,0 +1,294 @@
+"""TRT-LLM engine YAMLs from a plan: version families, key tables, per-role overrides, and validation."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from automation.config import VERSIONS_FILE
+from automation.errors import InputError
+from automation.perfmodel.plan import Plan, RolePlan
+
+_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:rc(\d+))?(?:\.post(\d+))?$")
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """Sortable key of a version like 1.2.0rc6.post1 (rc < final < .postN).
+
+    Raises:
+        InputError: the text is not such a version.
+    """
+    match = _VERSION.match(str(version).strip())
+    if not match:
+        raise InputError(f"'{version}' is not a version like 1.0.0rc6 or 1.3.0", hint="fix the version")
+    major, minor, patch, rc, post = match.groups()
+    # A final release sorts after all of its release candidates.
+    stage = (0, int(rc)) if rc is not None else (1, 0)
+    return (int(major), int(minor), int(patch), *stage, int(post or 0))
+
+
+@functools.cache
+def versions_data() -> dict[str, Any]:
+    """automation/data/versions.yaml, parsed once."""
+    return yaml.safe_load(VERSIONS_FILE.read_text())
+
+
+def _in_range(version: str, entry: dict[str, Any]) -> bool:
+    key = version_key(version)
+    return version_key(str(entry["from"])) <= key < version_key(str(entry["until"]))
+
+
+@dataclass(frozen=True)
+class TrtllmFamily:
+    """One engine-YAML schema: where the batch limits go and which keys are known."""
+
+    name: str
+    batch_limits: str  # "build_config" | "top_level"
+    top_keys: frozenset[str]
+    sections: dict[str, tuple[str, ...] | None]  # None: an open section whose keys are not checked
+    planned: frozenset[str]
+
+
+@dataclass(frozen=True)
+class DynamoFamily:
+    """Worker command-line facts of a Dynamo release family."""
+
+    name: str
+    model_flag: str
+    strategy_flag: tuple[str, ...]
+    components: dict[str, str]
+    kv_events_flag: str
+    next_endpoint_flag: str | None
+    system_enabled_env: bool
+    # Environment variables that make a process bind and advertise on one address (else Dynamo picks
+    # the first interface's address, which may not be the one the other nodes reach).
+    bind_address_env: tuple[str, ...] = ()
+
+
+def _known_trtllm_versions() -> list[str]:
+    data = versions_data()
+    known = {str(v) for v in data["dynamo_to_trtllm"].values()}
+    known |= {str(f["from"]) for f in data["trtllm_families"]}
+    return sorted(known, key=version_key)
+
+
+def trtllm_family(version: str) -> TrtllmFamily:
+    """The engine-YAML family of a TRT-LLM version.
+
+    Raises:
+        InputError: the version is in no known family (with the families and a did-you-mean).
+    """
+    data = versions_data()
+    families = data["trtllm_families"]
+    entry = next((f for f in families if _in_range(version, f)), None)
+    if entry is None:
+        ranges = ", ".join(f"{f['name']} ({f['from']} ≤ v < {f['until']})" for f in families)
+        close = difflib.get_close_matches(str(version), _known_trtllm_versions(), n=1, cutoff=0.6)
+        guess = f"did you mean {close[0]}? " if close else ""
+        raise InputError(
+            f"backend.version: unknown TensorRT-LLM version {version}; known families: {ranges}",
+            hint=f"{guess}set backend.version to a version of a known family",
+        )
+    keys = data["trtllm_keys"]
+    top = set(keys["common"])
+    if entry["batch_limits"] == "build_config":
+        top |= set(keys["build_config_only"])
+    sections = {
+        name: (None if spec == "open" else tuple(spec))
+        for name, spec in keys["sections"].items()
+        if name in top
+    }
+    return TrtllmFamily(
+        name=str(entry["name"]),
+        batch_limits=str(entry["batch_limits"]),
+        top_keys=frozenset(top),
+        sections=sections,
+        planned=frozenset(keys["planned"]),
+    )
+
+
+def dynamo_family(version: str) -> DynamoFamily:
+    """The worker command-line family of a Dynamo release.
+
+    Raises:
+        InputError: the release is in no known family.
+    """
+    families = versions_data()["dynamo_families"]
+    entry = next((f for f in families if _in_range(version, f)), None)
+    if entry is None:
+        ranges = ", ".join(f"{f['name']} ({f['from']} ≤ v < {f['until']})" for f in families)
+        raise InputError(
+            f"dynamo.version: no worker command line known for Dynamo {version} (known: {ranges})",
+            hint="set dynamo.version to a supported release",
+        )
+    return DynamoFamily(
+        name=str(entry["name"]),
+        model_flag=str(entry["model_flag"]),
+        strategy_flag=tuple(str(x) for x in entry["strategy_flag"]),
+        components={str(k): str(v) for k, v in entry["components"].items()},
+        kv_events_flag=str(entry["kv_events_flag"]),
+        next_endpoint_flag=entry.get("next_endpoint_flag"),
+        system_enabled_env=bool(entry["system_enabled_env"]),
+        bind_address_env=tuple(str(x) for x in entry.get("bind_address_env", ())),
+    )
+
+
+def cuda_graph_batch_sizes(max_batch_size: int) -> list[int]:
+    """Powers of two below max_batch_size, then max_batch_size itself: sorted, unique, capped."""
+    sizes = {1 << i for i in range(max(max_batch_size, 1).bit_length()) if (1 << i) <= max_batch_size}
+    sizes.add(max_batch_size)
+    return sorted(s for s in sizes if 1 <= s <= max_batch_size)
+
+
+def _sanitise_graph_sizes(sizes: Any, max_batch_size: int, where: str) -> list[int]:
+    if not isinstance(sizes, list) or not all(isinstance(s, int) and s > 0 for s in sizes):
+        raise InputError(f"{where}: must be a list of positive whole numbers", hint="e.g. [1, 2, 4, 8]")
+    # Graphs above max_batch_size can never run and only cost memory; keep the list as TRT-LLM wants it.
+    return sorted({s for s in sizes if s <= max_batch_size} | {max_batch_size})
+
+
+def check_extra(extra: dict[str, Any], family: TrtllmFamily, where: str) -> None:
+    """Refuse keys the TRT-LLM family does not know, and keys the plan owns.
+
+    Raises:
+        InputError: one line naming `<where>.<key>` and the valid keys or a did-you-mean.
+    """
+    for key, value in extra.items():
+        path = f"{where}.{key}"
+        if key in family.planned:
+            raise InputError(
+                f"{path}: '{key}' comes from the plan the performance model made",
+                hint=_planned_hint(key),
+            )
+        if key not in family.top_keys:
+            raise InputError(
+                f"{path}: unknown TensorRT-LLM {family.name} engine key '{key}'",
+                hint=_suggest(key, sorted(family.top_keys)),
+            )
+        allowed = family.sections.get(key, None)
+        if key in family.sections and allowed is not None:
+            if not isinstance(value, dict):
+                raise InputError(f"{path}: must be a mapping of keys", hint=f"keys: {', '.join(allowed)}")
+            for sub in value:
+                if f"{key}.{sub}" in family.planned:
+                    raise InputError(
+                        f"{path}.{sub}: '{key}.{sub}' comes from the plan the performance model made",
+                        hint=_planned_hint(f"{key}.{sub}"),
+                    )
+                if sub not in allowed:
+                    raise InputError(
+                        f"{path}.{sub}: unknown key '{sub}' in {key}",
+                        hint=_suggest(str(sub), list(allowed)),
+                    )
+
+
+_PLANNED_SETTINGS = {
+    "max_batch_size": "max_batch_size",
+    "max_num_tokens": "max_num_tokens",
+    "enable_chunked_prefill": "enable_chunked_prefill",
+    "kv_cache_config.free_gpu_memory_fraction": "free_gpu_memory_fraction",
+    "kv_cache_config.dtype": "kv_cache_dtype",
+    "kv_cache_config.tokens_per_block": "tokens_per_block",
+}
+
+
+def _planned_hint(key: str) -> str:
+    setting = _PLANNED_SETTINGS.get(key)
+    if setting:
+        return f"set engine.{setting} (or engine.<role>.{setting}) so that configure plans with it"
+    return "it is chosen by configure; remove it from engine.extra"
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return f"valid keys: {', '.join(choices)}"
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """base with extra over it; nested mappings are merged key by key, anything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def engine_config(
+    plan: Plan, role: RolePlan, family: TrtllmFamily, extra: dict[str, Any], where: str
+) -> dict[str, Any]:
+    """The engine YAML of one role as a dict, in the order it is written.
+
+    `extra` (engine.extra merged with engine.<role>.extra) is checked against the family's keys first.
+
+    Raises:
+        InputError: an extra key is unknown or belongs to the plan.
+    """
+    check_extra(extra, family, where)
+    limits = {
+        "max_batch_size": role.max_batch_size,
+        "max_num_tokens": role.max_num_tokens,
+        "max_seq_len": role.max_seq_len,
+    }
+    cfg: dict[str, Any] = {
+        "backend": "pytorch",
+        # With attention DP every rank of the TP group runs attention on its own requests, so the
+        # TRT-LLM world per pipeline stage is tp × attention_dp.
+        "tensor_parallel_size": role.tp * role.attention_dp,
+        "pipeline_parallel_size": role.pp,
+        "enable_attention_dp": role.attention_dp > 1,
+    }
+    if role.ep > 1:
+        cfg["moe_expert_parallel_size"] = role.ep
+        cfg["moe_tensor_parallel_size"] = role.moe_tp
+    cfg["enable_chunked_prefill"] = role.enable_chunked_prefill
+    if family.batch_limits == "build_config":
+        cfg["build_config"] = limits
+    else:
+        cfg.update(limits)
+    cfg["kv_cache_config"] = {
+        "free_gpu_memory_fraction": role.free_gpu_memory_fraction,
+        "dtype": role.kv_cache_dtype,
+        "tokens_per_block": role.tokens_per_block,
+        # Benchmarks send unique prompts; reuse off keeps what is measured equal to what was modelled.
+        "enable_block_reuse": False,
+    }
+    if plan.mode == "disagg":
+        cfg["cache_transceiver_config"] = {
+            "backend": "DEFAULT",
+            # Room for the KV cache of the longest request either side handles.
+            "max_tokens_in_buffer": max(max(r.max_seq_len, r.max_num_tokens) for r in plan.roles),
+        }
+    cfg["cuda_graph_config"] = {
+        "enable_padding": True,
+        "batch_sizes": cuda_graph_batch_sizes(role.max_batch_size),
+    }
+    # The overlap scheduler would delay the hand-off of every prefill by one iteration.
+    cfg["disable_overlap_scheduler"] = role.role == "prefill"
+    cfg["print_iter_log"] = False
+    merged = deep_merge(cfg, extra)
+    graph = merged.get("cuda_graph_config")
+    if isinstance(graph, dict) and "batch_sizes" in graph:
+        graph["batch_sizes"] = _sanitise_graph_sizes(
+            graph["batch_sizes"], role.max_batch_size, f"{where}.cuda_graph_config.batch_sizes"
+        )
+    return merged
+
+
+def unknown_keys(cfg: dict[str, Any], family: TrtllmFamily) -> list[str]:
+    """Dotted keys of a rendered engine config that the family does not know (empty when all are known)."""
+    bad = [k for k in cfg if k not in family.top_keys]
+    for key, allowed in family.sections.items():
+        section = cfg.get(key)
+        if allowed is not None and isinstance(section, dict):
+            bad += [f"{key}.{sub}" for sub in section if sub not in allowed]
+    return bad

@@ -1,0 +1,170 @@
+"""The mocker's view of a worker: its engine JSON and a timing profile (.npz) from the performance model."""
+
+from __future__ import annotations
+
+import io
+import math
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from automation.perfmodel.plan import RolePlan
+
+# The mocker resolves this placeholder nowhere: the node script replaces it with its own directory
+# before the worker starts, because the profile path inside the JSON must be absolute on the node.
+SCRIPT_DIR_PLACEHOLDER = "@SCRIPT_DIR@"
+
+PREFILL_POINTS = 96
+DECODE_KV_POINTS = 64
+DECODE_CTX_POINTS = 48
+DEFAULT_GPU_BLOCKS = 16384  # the mocker's own default (normalize_mocker_config({}))
+WORKER_TYPES = {"agg": "aggregated", "prefill": "prefill", "decode": "decode"}
+
+
+def quadratic_grid(low: float, high: float, points: int) -> np.ndarray:
+    """`points` values from low to high, dense at the low end (where step times bend most)."""
+    t = np.linspace(0.0, 1.0, points)
+    grid = low + (high - low) * t**2
+    return np.unique(np.round(grid, 6))
+
+
+def token_budget(role: RolePlan, isl: int) -> int:
+    """The mocker's max_num_batched_tokens: the plan's, raised to fit the longest prompt and a full batch.
+
+    A mocker worker whose budget is below the prompt length (chunked prefill off) never schedules the
+    request and hangs without an error, on every role; a disaggregated decode worker still charges the
+    transferred prompt against its budget (rehearsal.md §4, pitfall 3).
+    """
+    if role.max_num_tokens >= isl or role.enable_chunked_prefill:
+        return role.max_num_tokens
+    return isl + role.max_batch_size
+
+
+def geometric_grid(low: float, high: float, points: int) -> np.ndarray:
+    """`points` values from low to high in constant ratio: decode time depends on kv/context (the batch),
+    so equal ratios keep bilinear interpolation equally good at every scale."""
+    return np.unique(np.round(np.geomspace(low, high, points), 6))
+
+
+def profile_grids(role: RolePlan, isl: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prefill tokens, decode active kv tokens, decode mean context length) grids for one role."""
+    prefill_max = max(token_budget(role, isl), isl, 2)
+    ctx_max = max(role.max_seq_len, 2)
+    kv_max = max(role.max_batch_size * role.max_seq_len, ctx_max)
+    return (
+        quadratic_grid(1.0, float(prefill_max), PREFILL_POINTS),
+        geometric_grid(1.0, float(kv_max), DECODE_KV_POINTS),
+        geometric_grid(1.0, float(ctx_max), DECODE_CTX_POINTS),
+    )
+
+
+def timing_profile(model: Any, system: Any, role: RolePlan, isl: int) -> dict[str, np.ndarray]:
+    """The five arrays of a mocker-format profile, evaluated from the performance model.
+
+    decode_itl[i, j] is the decode step at batch = active_kv[i] / context[j] requests of context[j]
+    tokens, the mocker's own parametrisation (rehearsal.md §5.4).
+    """
+    from automation.perfmodel import decode_step_ms, prefill_time_ms
+
+    tokens, active_kv, context = profile_grids(role, isl)
+    prefill = np.asarray(prefill_time_ms(model, system, role, tokens), dtype=np.float64)
+    batch = np.maximum(active_kv[:, None] / context[None, :], 1.0)
+    ctx = np.broadcast_to(context[None, :], batch.shape)
+    decode = np.asarray(decode_step_ms(model, system, role, batch, ctx), dtype=np.float64)
+    return {
+        "prefill_isl": tokens.astype(np.float64),
+        "prefill_ttft_ms": prefill,
+        "decode_active_kv_tokens": active_kv.astype(np.float64),
+        "decode_context_length": context.astype(np.float64),
+        "decode_itl": decode.reshape(active_kv.size, context.size),
+    }
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An uncompressed .npz (what numpy.savez writes) with fixed timestamps, so the bytes are reproducible."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def mocker_config(
+    role: RolePlan,
+    isl: int,
+    profile_relpath: str,
+    kv_transfer_gbs: float | None = None,
+    kv_bytes_per_token: int | None = None,
+) -> dict[str, Any]:
+    """The mocker's canonical engine JSON for one worker, translated from its TRT-LLM settings.
+
+    kv_transfer_gbs (prefill workers of a disaggregated plan): the link the placement gives, so that
+    TTFT carries the KV-cache transfer the performance model charges; the mocker applies it on the
+    prefill side.
+    """
+    blocks_per_request = math.ceil(role.max_seq_len / role.tokens_per_block) + 1
+    engine: dict[str, Any] = {
+        "backend": "trtllm",
+        "worker_type": WORKER_TYPES[role.role],
+        "block_size": role.tokens_per_block,
+        # The model lets max_batch_size bind, never the KV cache (configure checked that the batch fits the
+        # real memory), so the mocker gets at least its default capacity and room for the full batch.
+        "num_gpu_blocks": max(DEFAULT_GPU_BLOCKS, role.max_batch_size * blocks_per_request),
+        "max_model_len": role.max_seq_len,
+        "max_num_seqs": role.max_batch_size,
+        "max_num_batched_tokens": token_budget(role, isl),
+        "enable_prefix_caching": False,
+        "enable_chunked_prefill": role.enable_chunked_prefill,
+        "timing_model": {
+            "type": "external",
+            "provider": "dynamo_profile",
+            "config": {"path": f"{SCRIPT_DIR_PLACEHOLDER}/{profile_relpath}"},
+        },
+    }
+    if kv_transfer_gbs:
+        engine["kv_transfer_bandwidth"] = round(float(kv_transfer_gbs), 6)
+        if kv_bytes_per_token:
+            engine["kv_transfer_bytes_per_token"] = int(kv_bytes_per_token)
+    return {
+        "engine": engine,
+        "tensor_parallel_size": role.tp * role.attention_dp,
+        "free_gpu_memory_fraction": role.free_gpu_memory_fraction,
+    }
+
+
+def interpolate_prefill(arrays: dict[str, np.ndarray], tokens: np.ndarray) -> np.ndarray:
+    """Prefill time at `tokens` as the mocker reads the profile: 1-D linear, extrapolated linearly."""
+    x, y = arrays["prefill_isl"], arrays["prefill_ttft_ms"]
+    out = np.interp(tokens, x, y)
+    low, high = tokens < x[0], tokens > x[-1]
+    if x.size > 1:
+        out = np.where(low, y[0] + (tokens - x[0]) * (y[1] - y[0]) / (x[1] - x[0]), out)
+        out = np.where(high, y[-1] + (tokens - x[-1]) * (y[-1] - y[-2]) / (x[-1] - x[-2]), out)
+    return out
+
+
+def interpolate_decode(
+    arrays: dict[str, np.ndarray], active_kv: np.ndarray, context: np.ndarray
+) -> np.ndarray:
+    """Decode step time as the mocker reads the profile: bilinear inside the grid, at least 1 ms."""
+    kv, ctx, z = (
+        arrays["decode_active_kv_tokens"],
+        arrays["decode_context_length"],
+        arrays["decode_itl"],
+    )
+    a = np.clip(np.asarray(active_kv, dtype=float), kv[0], kv[-1])
+    c = np.clip(np.asarray(context, dtype=float), ctx[0], ctx[-1])
+    i = np.clip(np.searchsorted(kv, a, side="right") - 1, 0, kv.size - 2)
+    j = np.clip(np.searchsorted(ctx, c, side="right") - 1, 0, ctx.size - 2)
+    tx = (a - kv[i]) / (kv[i + 1] - kv[i])
+    ty = (c - ctx[j]) / (ctx[j + 1] - ctx[j])
+    value = (
+        z[i, j] * (1 - tx) * (1 - ty)
+        + z[i + 1, j] * tx * (1 - ty)
+        + z[i, j + 1] * (1 - tx) * ty
+        + z[i + 1, j + 1] * tx * ty
+    )
+    return np.maximum(value, 1.0)

@@ -1,0 +1,142 @@
+"""Mocker engine: JSONs the real normaliser accepts, budgets that never hang, profiles that follow the model."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import automation.perfmodel as pm
+from automation.mocker_profile import (
+    SCRIPT_DIR_PLACEHOLDER,
+    interpolate_decode,
+    interpolate_prefill,
+    timing_profile,
+    token_budget,
+)
+from automation.perfmodel.plan import Plan
+from automation.stages.generate import render_files, write_files
+from tests.generate.cases import MODEL, agg_plan, disagg_plan, pipeline, role
+
+NORMALISE = """
+import json, sys
+from dynamo.mocker.config import normalize_mocker_config
+out = {}
+for path in sys.argv[1:]:
+    engine = normalize_mocker_config(open(path).read())["engine"]
+    out[path] = {k: engine[k] for k in ("worker_type", "backend", "max_num_batched_tokens",
+        "enable_chunked_prefill", "enable_prefix_caching", "max_num_seqs", "block_size", "max_model_len")}
+    out[path]["timing"] = engine["timing_model"]["type"]
+print(json.dumps(out))
+"""
+
+
+def _mocker_plans() -> dict[str, Plan]:
+    chunked = Plan(
+        mode="agg",
+        model=MODEL,
+        system="h200_sxm",
+        roles=(role("agg", tp=1, batch=16, tokens=2048, chunked=True),),
+        replicas=2,
+        isl=4000,
+        osl=512,
+    )
+    return {"disagg": disagg_plan(replicas=2), "agg": agg_plan(tp=2, replicas=2), "agg_chunked": chunked}
+
+
+def test_every_mocker_json_is_accepted_by_the_real_normaliser(tmp_path: Path, dynamo_python: Path) -> None:
+    paths, isl = [], 4000
+    for name, plan in _mocker_plans().items():
+        directory = tmp_path / name
+        write_files(
+            directory,
+            render_files(pipeline([8, 8], engine="mocker", dynamo="1.6.1", backend="1.3.0rc23"), plan),
+        )
+        for path in sorted((directory / "mocker").glob("*.json")):
+            # What the node script's resolve step does on the node.
+            path.write_text(path.read_text().replace(SCRIPT_DIR_PLACEHOLDER, str(directory)))
+            paths.append(str(path))
+    result = subprocess.run(
+        [str(dynamo_python), "-c", NORMALISE, *paths], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    engines = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(engines) == len(paths) > 0
+    for path, engine in engines.items():
+        role_name = Path(path).stem.split("-")[0]
+        assert engine["worker_type"] == {"agg": "aggregated"}.get(role_name, role_name)
+        assert engine["backend"] == "trtllm" and engine["timing"] == "external"
+        assert engine["enable_prefix_caching"] is False
+        # A budget below the prompt with chunked prefill off hangs the mocker silently.
+        assert engine["max_num_batched_tokens"] >= isl or engine["enable_chunked_prefill"]
+
+
+def test_budget_rule() -> None:
+    assert token_budget(role("decode", batch=64, tokens=64), 4000) == 4064
+    assert token_budget(role("prefill", batch=1, tokens=4032), 4000) == 4032
+    assert token_budget(role("agg", batch=8, tokens=1024, chunked=True), 4000) == 1024
+
+
+def test_profile_reproduces_the_performance_model() -> None:
+    """Read the profile as the mocker does (1-D linear, bilinear): within 2 % of the model, on and between points."""
+    model, system = pm.load_model(MODEL), pm.load_system("h200_sxm")
+    plans = _mocker_plans()
+    roles = [r for plan in plans.values() for r in plan.roles]
+    for r in roles:
+        arrays = timing_profile(model, system, r, 4000)
+        tokens = arrays["prefill_isl"]
+        between = np.sqrt(tokens[:-1] * tokens[1:])
+        for x in (tokens, between):
+            want = pm.prefill_time_ms(model, system, r, x)
+            np.testing.assert_allclose(interpolate_prefill(arrays, x), want, rtol=0.02)
+        kv, ctx = arrays["decode_active_kv_tokens"], arrays["decode_context_length"]
+        for a, c in ((kv, ctx), ((kv[:-1] + kv[1:]) / 2, (ctx[:-1] + ctx[1:]) / 2)):
+            aa, cc = np.meshgrid(a, c, indexing="ij")
+            # Where the mocker is used: batches the worker admits, contexts the requests reach.
+            batch = aa / cc
+            keep = (batch >= 1) & (batch <= r.max_batch_size)
+            want = np.maximum(pm.decode_step_ms(model, system, r, batch[keep], cc[keep]), 1.0)
+            np.testing.assert_allclose(interpolate_decode(arrays, aa[keep], cc[keep]), want, rtol=0.02)
+
+
+def test_profile_file_has_the_mocker_format() -> None:
+    config, plan = pipeline([8], engine="mocker", dynamo="1.6.1", backend="1.3.0rc23"), agg_plan()
+    files = render_files(config, plan)
+    with np.load(io.BytesIO(files["mocker/agg_profile.npz"])) as npz:
+        assert sorted(npz.files) == sorted(
+            [
+                "prefill_isl",
+                "prefill_ttft_ms",
+                "decode_active_kv_tokens",
+                "decode_context_length",
+                "decode_itl",
+            ]
+        )
+        assert npz["decode_itl"].shape == (
+            npz["decode_active_kv_tokens"].size,
+            npz["decode_context_length"].size,
+        )
+        for key in ("prefill_isl", "decode_active_kv_tokens", "decode_context_length"):
+            assert np.all(np.diff(npz[key]) > 0), f"{key} must ascend"
+        assert all(npz[k].dtype == np.float64 for k in npz.files)
+
+
+def test_prefill_workers_carry_the_kv_link_of_their_placement() -> None:
+    # Replica 0 on node 0 (NVLink); replica 2 split over both nodes (the inter-node link).
+    config = pipeline([8, 8], engine="mocker", dynamo="1.6.1", backend="1.3.0rc23")
+    files = render_files(config, disagg_plan(p_tp=1, p_workers=3, d_tp=2, replicas=3))
+    placement = json.loads(files["placement.json"])
+    system = pm.load_system("h200_sxm")
+    for w in placement["workers"]:
+        engine = json.loads(files[w["mocker_config"]])["engine"]
+        if w["role"] != "prefill":
+            assert "kv_transfer_bandwidth" not in engine
+            continue
+        decodes = [d for d in placement["workers"] if d["role"] == "decode" and d["replica"] == w["replica"]]
+        cross = any(d["node"] != w["node"] for d in decodes)
+        link = system.internode_gbs if cross else system.nvlink_gbs
+        assert engine["kv_transfer_bandwidth"] == pytest.approx(link * 1)

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.bootstrapped
 DYNAMO_VENV ?= .venv-dynamo
 DYNAMO_STAMP := $(DYNAMO_VENV)/.dynamo-1.6.1
 # The rehearsal runs every stage that has landed; this moves to `summarize` as the stages land.
-DEMO_LAST_STAGE ?= generate
+DEMO_LAST_STAGE ?= launch
 
 .PHONY: demo test lint bootstrap clean
 
@@ -20,7 +20,12 @@ $(DYNAMO_STAMP): scripts/install-dynamo.sh
 
 bootstrap: $(STAMP) $(DYNAMO_STAMP)
 
-demo: $(STAMP) $(DYNAMO_STAMP)
+REHEARSAL_MODEL := /tmp/autodeploy-rehearsal/models/tiny-qwen3
+
+$(REHEARSAL_MODEL)/config.json: scripts/make-tiny-model.py
+	$(VENV)/bin/python scripts/make-tiny-model.py $(REHEARSAL_MODEL)
+
+demo: $(STAMP) $(DYNAMO_STAMP) $(REHEARSAL_MODEL)/config.json
 	$(VENV)/bin/autodeploy run examples/rehearsal.yaml --to $(DEMO_LAST_STAGE)
 
 test: $(STAMP) $(DYNAMO_STAMP)

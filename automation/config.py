@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 import re
 import types
 import typing
@@ -267,11 +268,28 @@ class Launch(Strict):
         "trtllm", description="Real TRT-LLM workers, or Dynamo's mocker following the predicted timings."
     )
     python: str = Field(
-        "python3", description="Python that runs Dynamo (runtime: host), e.g. a venv's python."
+        "python3",
+        description="Python that runs Dynamo (runtime: host), e.g. a venv's python; a relative path "
+        "with a '/' is relative to the pipeline file (for a rehearsal on this machine).",
     )
+
+    @field_validator("python")
+    @classmethod
+    def _python_relative_to_pipeline(cls, value: str, info: ValidationInfo) -> str:
+        base = (info.context or {}).get("base")
+        if base is not None and "/" in value and not value.startswith(("/", "~")):
+            return os.path.normpath(
+                Path(base).absolute() / value
+            )  # not resolve(): a venv python is a symlink
+        return value
+
     ready_timeout_s: float = Field(1200.0, gt=0, description="Seconds to wait until every worker serves.")
-    system_port_base: Port = Field(
-        8081, description="First DYN_SYSTEM_PORT; each worker on an address gets the next free one."
+    # Dynamo parses DYN_SYSTEM_PORT as a signed 16-bit number: ports above 32767 make workers exit.
+    system_port_base: int = Field(
+        8081,
+        ge=1,
+        le=32767,
+        description="First DYN_SYSTEM_PORT; each worker on an address gets the next free one.",
     )
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment for every worker (no secrets: use token_env)."
@@ -439,9 +457,8 @@ def validate_pipeline(
         config = PipelineConfig.model_validate(data, context={"base": base})
     except ValidationError as exc:
         problems = [_explain(error) for error in _one_branch_per_union(exc.errors())]
-        raise ConfigError(
-            "", problems=_ordered(label, tree, _drop_missing_explained_by_typo(problems))
-        ) from None
+        lines = _ordered(label, tree, _drop_missing_explained_by_typo(problems))
+        raise ConfigError(lines[0], problems=lines) from None
     lines = _ordered(label, tree, _consistency_problems(config))
     if lines:
         raise ConfigError(lines[0], problems=lines)

@@ -38,9 +38,6 @@ class _CountWhenCounted(MofNCompleteColumn):
         return Text("") if task.total is None else super().render(task)
 
 
-PLAIN_INTERVAL_S = 5.0  # how often plain output repeats an unchanged progress line
-
-
 def _seconds(value: float) -> str:
     if value < 60:
         return f"{value:.1f}s"
@@ -112,9 +109,9 @@ class StageDisplay:
         stamp = time.monotonic()
         if self._console is None:
             return
-        if force or (text != previous and stamp - when >= 0.5) or stamp - when >= PLAIN_INTERVAL_S:
-            if text != previous or force:
-                self._console.line(f"  {self._name}: {text}")
+        # A changed line shows at most twice a second (at once when forced); an unchanged one never repeats.
+        if text != previous and (force or stamp - when >= 0.5):
+            self._console.line(f"  {self._name}: {text}")
             self._last_plain[key] = (text, stamp)
 
 

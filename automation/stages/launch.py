@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shlex
 import time
 import urllib.error
@@ -21,6 +22,7 @@ from automation.stages.infra import run_directory
 from automation.state import StageRecord
 
 POLL_S = 0.5
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Dynamo colours its logs even in files
 LOG_LINES_KEPT = 5000
 
 
@@ -114,8 +116,8 @@ class Launch(Stage):
         generated = ctx.output("generate")
         files_digest = _digest(generated.get("files", {}))
         remote_dir = run_directory(config) + "/generated"
-        frontend = self._frontend_url(placement)
-        busy = sorted({w["node"] for w in placement["workers"]} | {placement["frontend_node"]})
+        frontend = placement["frontend"]["url"]
+        busy = [node["index"] for node in placement["nodes"] if node["script"]]
         hosts = {i: host_for(config, config.cluster.nodes[i]) for i in busy}
         started: dict[int, Detached] = {}
         processes: dict[int, Detached] = {}
@@ -131,9 +133,10 @@ class Launch(Stage):
                 ctx.display.status(f"copying files to {host.name}")
                 host.put(ctx.path("generated"), directory)
                 host.run(f"echo {files_digest} > {shlex.quote(directory)}/.launched-files")
+                script = placement["nodes"][index]["script"]
                 processes[index] = started[index] = host.start_detached(
                     f"node_{index}",
-                    f"exec bash {shlex.quote(directory)}/node_{index}_run.sh",
+                    f"exec bash {shlex.quote(directory)}/{script}",
                     directory,
                     secret_env=_secret_env(config),
                 )
@@ -218,10 +221,6 @@ class Launch(Stage):
 
     # ------------------------------------------------------------------------------------ helpers
 
-    def _frontend_url(self, placement: Mapping[str, Any]) -> str:
-        node = placement["nodes"][placement["frontend_node"]]
-        return f"http://{node['address']}:{placement['frontend_port']}"
-
     def _from_pid_file(self, host: Host, directory: str, index: int) -> Detached | None:
         read = host.run(f"cat {shlex.quote(directory)}/node_{index}.pid 2>/dev/null", check=False)
         parts = read.stdout.split()
@@ -283,11 +282,26 @@ class Launch(Stage):
                 state = _counts(readiness, expected)
                 listed = "listed" if readiness.model_listed else "not listed"
                 detail = f"; smoke request: {smoke_error}" if smoke_error else ""
+                warning = self._last_warning(hosts, processes)
+                detail += f"; last warning: {warning}" if warning else ""
                 raise StageError(
                     f"not ready after {config.launch.ready_timeout_s:.0f}s: {state}, model {listed}{detail}",
                     hint="see the node logs in logs/launch.<node>.log; raise launch.ready_timeout_s for big models",
                 )
             time.sleep(POLL_S)
+
+    def _last_warning(self, hosts: Mapping[int, Host], processes: Mapping[int, Detached]) -> str:
+        """The newest WARN/ERROR line of the node logs, as evidence for a launch that never got ready."""
+        found = ""
+        for index, process in processes.items():
+            with contextlib.suppress(Exception):
+                lines = hosts[index].tail(process.log, 400).splitlines()
+                for line in reversed(lines):
+                    plain = _ANSI.sub("", line)
+                    if " WARN " in plain or " ERROR " in plain:
+                        found = f"{hosts[index].name} {plain.strip()[:300]}"
+                        break
+        return found
 
     def _crashed(
         self, ctx: StageContext, host: Host, process: Detached, placement: Mapping[str, Any], index: int

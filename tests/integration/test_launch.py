@@ -346,3 +346,33 @@ def test_a_node_whose_sshd_is_down_fails_clearly_and_leaves_nothing(
         path.write_text(yaml.safe_dump(data))
         _in_controller(netns, sys.executable, "-m", "automation", "down", str(path), "--run-dir", run_dir)
     assert _namespace_processes(netns, 0) == [] and _namespace_processes(netns, 1) == []
+
+
+def test_down_revokes_what_a_killed_worker_left_in_etcd(tmp_path: Path, tiny_model: Path) -> None:
+    """A SIGKILLed worker cannot deregister; down revokes its lease so etcd keeps no key of the run."""
+    from automation.stages.launch import Launch
+
+    path = _pipeline(tmp_path, tiny_model)
+    runner, out = _runner(path)
+    assert runner.run(Selection(to_stage="launch")) == 0, out.getvalue()
+    endpoint = f"http://127.0.0.1:{runner.config.infra.etcd_port}"
+    try:
+        assert _etcd_keys(endpoint) > 0
+        mocker = next(line for line in _run_processes(path) if "dynamo.mocker" in line)
+        pids = subprocess.run(["pgrep", "-f", mocker.split(None, 1)[1][:200]], capture_output=True, text=True)
+        assert pids.stdout.split(), mocker
+        for pid in pids.stdout.split():
+            os.kill(int(pid), signal.SIGKILL)
+        launch_only = Runner(
+            load_pipeline(path),
+            path,
+            run_dir=tmp_path / "run",
+            console=Console(io.StringIO(), plain=True),
+            stages=[Launch],
+        )
+        assert launch_only.down() == 0
+        assert _etcd_keys(endpoint) == 0  # etcd itself still runs: the keys are gone, not the store
+        assert [p for p in _run_processes(path) if "/infra/" not in p] == []
+    finally:
+        _runner(path)[0].down()
+    assert _run_processes(path) == []

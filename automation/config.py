@@ -273,16 +273,6 @@ class Launch(Strict):
         "with a '/' is relative to the pipeline file (for a rehearsal on this machine).",
     )
 
-    @field_validator("python")
-    @classmethod
-    def _python_relative_to_pipeline(cls, value: str, info: ValidationInfo) -> str:
-        base = (info.context or {}).get("base")
-        if base is not None and "/" in value and not value.startswith(("/", "~")):
-            return os.path.normpath(
-                Path(base).absolute() / value
-            )  # not resolve(): a venv python is a symlink
-        return value
-
     ready_timeout_s: float = Field(1200.0, gt=0, description="Seconds to wait until every worker serves.")
     # Dynamo parses DYN_SYSTEM_PORT as a signed 16-bit number: ports above 32767 make workers exit.
     system_port_base: int = Field(
@@ -294,6 +284,23 @@ class Launch(Strict):
     env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment for every worker (no secrets: use token_env)."
     )
+    container_gpus: Literal["all", "none"] = Field(
+        "all", description="runtime container: `--gpus all`, or no GPUs (a CPU rehearsal in containers)."
+    )
+    container_mounts: dict[str, str] = Field(
+        default_factory=dict,
+        description="runtime container: extra bind mounts, node path -> container path (append ':ro' to the "
+        "container path for read-only); the run directory and model.path are always mounted.",
+    )
+
+    @field_validator("python")
+    @classmethod
+    def _python_relative_to_pipeline(cls, value: str, info: ValidationInfo) -> str:
+        base = (info.context or {}).get("base")
+        if base is not None and "/" in value and not value.startswith(("/", "~")):
+            # normpath, not resolve(): a venv's python is a symlink to the base interpreter.
+            return os.path.normpath(Path(base).absolute() / value)
+        return value
 
 
 class Benchmark(Strict):

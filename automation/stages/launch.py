@@ -22,6 +22,7 @@ from automation.stages.infra import run_directory
 from automation.state import StageRecord
 
 POLL_S = 0.5
+_RAISED = re.compile(r"\] ([\w.]*(Error|Exception|Exit)): ")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Dynamo colours its logs even in files
 LOG_LINES_KEPT = 5000
 
@@ -134,11 +135,11 @@ class Launch(Stage):
                 host.put(ctx.path("generated"), directory)
                 host.run(f"echo {files_digest} > {shlex.quote(directory)}/.launched-files")
                 script = placement["nodes"][index]["script"]
+                command = node_command(
+                    config, host, directory, script, index, ctx.output("build").get("image")
+                )
                 processes[index] = started[index] = host.start_detached(
-                    f"node_{index}",
-                    f"exec bash {shlex.quote(directory)}/{script}",
-                    directory,
-                    secret_env=_secret_env(config),
+                    f"node_{index}", command, directory, secret_env=_secret_env(config)
                 )
                 ctx.log.info(
                     "node %d (%s): started node_%d_run.sh, pid %d",
@@ -152,6 +153,7 @@ class Launch(Stage):
             for index, process in started.items():
                 with contextlib.suppress(Exception):
                     ctx.log.info("node %d: stopping after the failure: %s", index, hosts[index].stop(process))
+                    remove_container(config, hosts[index], index)
             self._collect_logs(ctx, hosts, processes)
             for host in hosts.values():
                 host.close()
@@ -207,6 +209,8 @@ class Launch(Stage):
                 if process is not None and host.stop(process, grace_s=15) != "not running":
                     stopped.append(host.name)
                     self._collect_logs(ctx, {index: host}, {index: process})
+                if remove_container(config, host, index) and host.name not in stopped:
+                    stopped.append(host.name)
             except StageError as exc:
                 ctx.log.warning("%s: %s", node.name, exc)
             finally:
@@ -313,10 +317,13 @@ class Launch(Stage):
             if "exited with code" in line and "[autodeploy node" in line:
                 worker = line.split("]", 1)[1].strip().split(" (pid")[0]
                 break
-        last = [line for line in tail.splitlines() if line.strip() and worker in line] or tail.splitlines()
-        evidence = last[-1].strip() if last else "no output"
+        lines = [_ANSI.sub("", line).strip() for line in tail.splitlines() if line.strip()]
+        own = [line for line in lines if line.startswith(f"[{worker}]")] or lines
+        raised = [line for line in own if _RAISED.search(line)]  # a Python traceback's last line
+        errors = [line for line in own if "error" in line.lower() and "[autodeploy node" not in line]
+        evidence = (raised or errors or own or ["no output"])[-1][:300]
         return StageError(
-            f"{worker} on {host.name} exited before every worker registered (last line: {evidence})",
+            f"{worker} on {host.name} exited before every worker registered ({evidence})",
             hint=f"the full output is in logs/launch.{host.name}.log; fix the cause and rerun",
             host=host.name,
             worker=worker,
@@ -334,6 +341,59 @@ class Launch(Stage):
                 target = ctx.path("logs", f"launch.{host.name}.log")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(text)
+
+
+def container_name(config: PipelineConfig, index: int) -> str:
+    return f"autodeploy-{config.name}-node{index}"
+
+
+def node_command(
+    config: PipelineConfig, host: Host, directory: str, script: str, index: int, image: str | None
+) -> str:
+    """The command that runs a node script: directly, or in the Dynamo image (launch.runtime).
+
+    In a container the `docker run` client stays in the foreground, so stopping it (TERM) is proxied
+    to the script, whose trap stops the workers; --init forwards signals inside, and --rm removes it.
+    """
+    run = ["bash", f"{directory}/{script}"]
+    if config.launch.runtime == "host":
+        return "exec " + shlex.join(run)
+    if not image:
+        raise StageError(
+            "launch.runtime is container but the build stage recorded no image", hint="rerun --from build"
+        )
+    model_path = host.expand(config.model.path or "")
+    mounts = {directory: directory, model_path: model_path, **config.launch.container_mounts}
+    words = [
+        "docker",
+        "run",
+        "--rm",
+        "--init",
+        "--name",
+        container_name(config, index),
+        "--net=host",
+        "--ipc=host",
+    ]
+    if config.launch.container_gpus == "all":
+        words += ["--gpus", "all"]
+    for source, target in mounts.items():
+        words += ["-v", f"{source}:{target}"]
+    if _secret_env(config):
+        words += ["-e", "HF_TOKEN"]  # by name: the value comes from the client's environment, not argv
+    # A container left by a crashed earlier launch would block the name.
+    cleanup = f"docker rm -f {shlex.quote(container_name(config, index))} >/dev/null 2>&1; "
+    return cleanup + "exec " + shlex.join([*words, image, *run])
+
+
+def remove_container(config: PipelineConfig, host: Host, index: int) -> bool:
+    """Remove this node's container if there is one (a KILLed docker client leaves it running)."""
+    if config.launch.runtime != "container":
+        return False
+    name = shlex.quote(container_name(config, index))
+    found = host.run(f"docker ps -aq --filter name=^{name}$ 2>/dev/null", check=False).stdout.strip()
+    if found:
+        host.run(f"docker rm -f {name}", check=False)
+    return bool(found)
 
 
 def revoke_leftover_leases(config: PipelineConfig, ctx: StageContext) -> int:

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import NamespaceCluster, Sshd, SSHKeys, free_port, namespace_cluster, start_sshd
+from tests.services import (
+    Dockerd,
+    NamespaceCluster,
+    Sshd,
+    SSHKeys,
+    free_port,
+    import_service_images,
+    namespace_cluster,
+    start_dockerd,
+    start_sshd,
+)
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +43,14 @@ def known_hosts(ssh_keys: SSHKeys, loopback_sshd: Sshd, tmp_path: Path) -> Path:
 def netns(ssh_keys: SSHKeys) -> Iterator[NamespaceCluster]:
     with namespace_cluster(ssh_keys, node_count=2) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dockerd, tuple[str, str]]]:
+    """A private Docker engine and the etcd/NATS images made from a local rootfs (nothing is pulled)."""
+    root = tmp_path_factory.mktemp("docker")
+    engine = start_dockerd(root)
+    try:
+        yield engine, import_service_images(engine, root)
+    finally:
+        engine.stop()

@@ -21,13 +21,10 @@ from automation.stages.infra import Infra, healthy, services
 from automation.state import load_state
 from tests.conftest import REPO
 from tests.services import (
-    Dockerd,
     NamespaceCluster,
     SSHKeys,
     free_port,
     http_ok,
-    import_service_images,
-    start_dockerd,
 )
 
 
@@ -233,16 +230,6 @@ def test_unreachable_head_is_a_clear_error(
 
 
 # ----------------------------------------------------------------------------------- containers
-
-
-@pytest.fixture(scope="module")
-def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dockerd, tuple[str, str]]]:
-    root = tmp_path_factory.mktemp("docker")
-    engine = start_dockerd(root)
-    try:
-        yield engine, import_service_images(engine, root)
-    finally:
-        engine.stop()
 
 
 def test_docker_infra_runs_named_containers(dockerd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -175,6 +175,7 @@ def test_a_worker_that_crashes_at_start_is_named_and_everything_stops(
         assert runner.run(Selection(to_stage="launch")) == 1
         text = out.getvalue()
         assert "✗ launch" in text and "exited before every worker registered" in text
+        assert "Failed to parse JSON from file" in text  # the worker's own error, from its log tail
         assert "logs/launch.node0.log" in text
         error = load_state(runner.state_path).stages["launch"].error  # type: ignore[union-attr]
         assert error is not None and error["host"] == "node0" and error["tail"]
@@ -376,3 +377,60 @@ def test_down_revokes_what_a_killed_worker_left_in_etcd(tmp_path: Path, tiny_mod
     finally:
         _runner(path)[0].down()
     assert _run_processes(path) == []
+
+
+def test_container_runtime_runs_each_node_script_in_the_image(
+    tmp_path: Path, tiny_model: Path, dockerd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runtime container: the node script runs inside `docker run --net=host --ipc=host` with the run
+    directory and the model mounted. The image here is an empty rootfs; the host's Python and Dynamo
+    venv are mounted read-only into it (the real image carries its own)."""
+    engine, _ = dockerd
+    monkeypatch.setenv("DOCKER_HOST", engine.url)
+    (tmp_path / "rootfs" / "tmp").mkdir(parents=True)
+    tar = subprocess.run(
+        ["tar", "-C", str(tmp_path / "rootfs"), "-c", "."], capture_output=True, check=True
+    ).stdout
+    engine.docker("import", "-", "autodeploy-test/dynamo:local", input_bytes=tar)
+    python_home = str(Path(os.path.realpath(sys.executable)).parents[1])
+    mounts = {d: f"{d}:ro" for d in ("/usr", "/lib", "/lib64", "/bin", "/etc", python_home)}
+    mounts[str(DYNAMO_PYTHON.parents[1])] = f"{DYNAMO_PYTHON.parents[1]}:ro"
+    path = _pipeline(tmp_path, tiny_model, name="containers")
+    data = yaml.safe_load(path.read_text())
+    data["dynamo"].update(image="autodeploy-test/dynamo:local", image_source="present")
+    data["launch"].update(runtime="container", container_gpus="none", container_mounts=mounts)
+    path.write_text(yaml.safe_dump(data))
+    runner, out = _runner(path)
+    try:
+        assert runner.run(Selection(to_stage="launch")) == 0, out.getvalue()
+        assert engine.docker("ps", "--format", "{{.Names}}").split() == ["autodeploy-containers-node0"]
+        frontend = load_state(runner.state_path).stages["launch"].outputs["frontend"]  # type: ignore[union-attr]
+        assert _chat(frontend, "Qwen/Qwen3-8B")["usage"]["completion_tokens"] == 4
+    finally:
+        runner, out = _runner(path)
+        runner.down()
+    assert engine.docker("ps", "-aq") == ""
+    assert _run_processes(path) == []
+
+
+def test_down_after_a_sigkilled_runner_and_down_twice(tmp_path: Path, tiny_model: Path) -> None:
+    """The runner dies mid-launch, nobody resumes: down still finds and stops everything, and again is a no-op."""
+    path = _pipeline(tmp_path, tiny_model, name="killed")
+    run_dir = str(tmp_path / "run")
+    command = [sys.executable, "-m", "automation", "run", str(path), "--to", "launch", "--run-dir", run_dir]
+    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid_file = tmp_path / "nodes" / "killed" / "generated" / "node_0.pid"
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    time.sleep(1)  # let the node script start its processes
+    assert _run_processes(path), "the killed runner left nothing to tear down"
+    down = [sys.executable, "-m", "automation", "down", str(path), "--run-dir", run_dir]
+    first = subprocess.run(down, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "stopped: workers on node0" in first.stdout and "stopped: nats and etcd on node0" in first.stdout
+    assert _run_processes(path) == []
+    second = subprocess.run(down, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0 and "nothing of this run is running" in second.stdout

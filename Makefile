@@ -5,8 +5,6 @@ VENV ?= .venv
 STAMP := $(VENV)/.bootstrapped
 DYNAMO_VENV ?= .venv-dynamo
 DYNAMO_STAMP := $(DYNAMO_VENV)/.dynamo-1.6.1
-# The rehearsal runs every stage that has landed; this moves to `summarize` as the stages land.
-DEMO_LAST_STAGE ?= launch
 
 .PHONY: demo test lint bootstrap clean
 
@@ -26,7 +24,9 @@ $(REHEARSAL_MODEL)/config.json: scripts/make-tiny-model.py
 	$(VENV)/bin/python scripts/make-tiny-model.py $(REHEARSAL_MODEL)
 
 demo: $(STAMP) $(DYNAMO_STAMP) $(REHEARSAL_MODEL)/config.json
-	$(VENV)/bin/autodeploy run examples/rehearsal.yaml --to $(DEMO_LAST_STAGE)
+	$(VENV)/bin/autodeploy run examples/rehearsal.yaml
+	@echo "The rehearsal still serves at http://127.0.0.1:8000 (report: autodeploy-runs/rehearsal/report/)."
+	@echo "Stop it with: $(VENV)/bin/autodeploy down examples/rehearsal.yaml"
 
 test: $(STAMP) $(DYNAMO_STAMP)
 	$(VENV)/bin/ruff check automation tests

@@ -63,15 +63,19 @@ def timing_profile(model: Any, system: Any, role: RolePlan, isl: int) -> dict[st
     """The five arrays of a mocker-format profile, evaluated from the performance model.
 
     decode_itl[i, j] is the decode step at batch = active_kv[i] / context[j] requests of context[j]
-    tokens, the mocker's own parametrisation (rehearsal.md §5.4).
+    tokens, the mocker's own parametrisation (rehearsal.md §5.4). Prefill and decode workers carry the
+    per-step overheads of the disaggregated prediction (perfmodel.evaluate.step_scales).
     """
     from automation.perfmodel import decode_step_ms, prefill_time_ms
+    from automation.perfmodel.evaluate import step_scales
 
+    # The steps of the deployed engine as the prediction has them (raw curve × per-step overhead).
+    prefill_scale, decode_scale = step_scales(role)
     tokens, active_kv, context = profile_grids(role, isl)
-    prefill = np.asarray(prefill_time_ms(model, system, role, tokens), dtype=np.float64)
+    prefill = prefill_scale * np.asarray(prefill_time_ms(model, system, role, tokens), dtype=np.float64)
     batch = np.maximum(active_kv[:, None] / context[None, :], 1.0)
     ctx = np.broadcast_to(context[None, :], batch.shape)
-    decode = np.asarray(decode_step_ms(model, system, role, batch, ctx), dtype=np.float64)
+    decode = decode_scale * np.asarray(decode_step_ms(model, system, role, batch, ctx), dtype=np.float64)
     return {
         "prefill_isl": tokens.astype(np.float64),
         "prefill_ttft_ms": prefill,

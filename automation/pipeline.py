@@ -292,6 +292,7 @@ class Runner:
         record = state.record(stage.name)
         parts = self.fingerprint(stage, outputs)
         log_path = self.run_dir / "logs" / f"{stage.name}.log"
+        previous_status = record.status.value
         record.status = Status.RUNNING
         record.attempts += 1
         record.started_at = now()
@@ -307,7 +308,9 @@ class Runner:
             log.info("=== %s attempt %d (%s)", stage.name, record.attempts, decision.reason)
             try:
                 with self.console.stage_running(stage.name) as display:
-                    result = stage.run(self._context(stage, outputs, display, log))
+                    context = self._context(stage, outputs, display, log)
+                    context.previous_status = previous_status
+                    result = stage.run(context)
                 json.dumps(result)  # outputs must survive the state file; fail here, not on the next load
             except KeyboardInterrupt:
                 log.warning("interrupted")

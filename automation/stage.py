@@ -44,6 +44,9 @@ class StageContext:
     log: logging.Logger
     display: StageDisplay
     outputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # How the stage's previous attempt ended ("pending" if none): a stage may keep partial work of an
+    # interrupted or failed attempt, but a re-run after "done" (forced, or inputs changed) starts afresh.
+    previous_status: str = "pending"
 
     def output(self, stage: str) -> Mapping[str, Any]:
         """The recorded outputs of an earlier stage this one declared in `needs`.

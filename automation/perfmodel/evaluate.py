@@ -279,6 +279,21 @@ def decode_step_ms(
     return np.asarray(out, dtype=float) * np.ones(np.broadcast(b, kv).shape)
 
 
+def step_scales(role: RolePlan) -> tuple[float, float]:
+    """(prefill, decode) latency factors the prediction applies to each step of a deployed worker.
+
+    Disaggregated prediction: TTFT = 1.8·(1.1·t_prefill) + transfer, TPOT = 1.08·t_decode, where 1.1
+    and 1.08 are per-step engine overheads and 1.8 is queueing (which a live system produces by
+    itself). So a prefill worker's steps run 1.1× and a decode worker's 1.08× the raw curves; agg
+    workers run the raw curves (their composition carries its own mixed-step terms).
+    """
+    if role.role == "prefill":
+        return compose.PREFILL_LATENCY_SCALE, 1.0
+    if role.role == "decode":
+        return 1.0, compose.DECODE_LATENCY_SCALE
+    return 1.0, 1.0
+
+
 def round_up(x: int, k: int) -> int:
     return int(math.ceil(x / k) * k)
 

@@ -527,7 +527,7 @@ class Generate(Stage):
     name = "generate"
     summary = "render engine configs, node scripts and the Kubernetes manifest"
     needs = ("configure",)
-    revision = 1
+    revision = 2  # 2: mocker profiles carry the per-step overheads of the prediction
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
         return {

@@ -1,27 +1,251 @@
-"""The summarize stage: measured against predicted, as tables, plots and a report."""
+"""The summarize stage: measured against predicted at every concurrency level, as tables, plots and a report."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from automation.config import PipelineConfig
-from automation.errors import NotImplementedStageError
 from automation.stage import Stage, StageContext
+
+# (measured key in a level summary, prediction field, label, unit, format)
+METRICS = (
+    ("time_to_first_token_ms", "ttft_ms", "TTFT", "ms", "{:.1f}"),
+    ("inter_token_latency_ms", "tpot_ms", "TPOT", "ms", "{:.2f}"),
+    ("tokens_per_s_per_gpu", "tokens_per_s_per_gpu", "tokens/s/gpu", "", "{:.1f}"),
+    ("output_token_throughput_per_user", "tokens_per_s_per_user", "tokens/s/user", "", "{:.1f}"),
+)
+
+
+def compare(levels: list[dict[str, Any]], plan: Any) -> list[dict[str, Any]]:
+    """One row per level: measured (mean over requests), predicted at that concurrency, error = m/p − 1."""
+    from automation.perfmodel import predict_at_concurrency
+
+    rows = []
+    for summary in levels:
+        predicted = predict_at_concurrency(plan, summary["concurrency"]).to_dict()
+        row: dict[str, Any] = {
+            "concurrency": summary["concurrency"],
+            "requests": summary["requests"],
+            "errors": summary["errors"],
+        }
+        for measured_key, predicted_key, _, _, _ in METRICS:
+            value = summary[measured_key]
+            measured = value.get("avg") if isinstance(value, dict) else value
+            row[f"{predicted_key}_measured"] = measured
+            row[f"{predicted_key}_predicted"] = predicted[predicted_key]
+            row[f"{predicted_key}_error"] = (
+                measured / predicted[predicted_key] - 1.0
+                if measured is not None and predicted[predicted_key]
+                else None
+            )
+        row["ttft_p90_ms"] = summary["time_to_first_token_ms"].get("p90")
+        row["tpot_p90_ms"] = summary["inter_token_latency_ms"].get("p90")
+        rows.append(row)
+    return rows
+
+
+def predicted_curve(plan: Any, highest: int) -> list[dict[str, float]]:
+    """The model's prediction for the deployed plan on a fine concurrency grid up to 1.5 × highest."""
+    from automation.perfmodel import predict_at_concurrency
+
+    grid, c = [], 1.0
+    while c <= 1.5 * highest:
+        grid.append(c)
+        c *= 2**0.25
+    return [predict_at_concurrency(plan, value).to_dict() for value in grid]
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:+.1f}%"
+
+
+def markdown(config: PipelineConfig, plan_text: str, rows: list[dict[str, Any]], design: int) -> str:
+    head = [
+        f"# {config.name}: measured against predicted",
+        "",
+        f"{config.model.served_name} on {config.search.total_gpus} × {config.system}, "
+        f"ISL {config.workload.isl}, OSL {config.workload.osl}; SLA TTFT ≤ {config.sla.ttft_ms:g} ms, "
+        f"TPOT ≤ {config.sla.tpot_ms:g} ms.",
+        f"Deployed: {plan_text}. Design concurrency (predicted): {design}.",
+        "",
+        "Measured values are means over the measured requests of each level (aiperf definitions: TPOT is "
+        "(latency − TTFT)/(OSL − 1) per request; tokens/s/gpu is output tokens per second over the GPUs "
+        "serving; tokens/s/user is the mean of 1/TPOT). Error = measured / predicted − 1.",
+        "",
+    ]
+    columns = ["concurrency"]
+    for _, _key, label, unit, _ in METRICS:
+        suffix = f" ({unit})" if unit else ""
+        columns += [f"{label}{suffix} measured", "predicted", "error"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [str(row["concurrency"])]
+        for _, key, _, _, fmt in METRICS:
+            measured = row[f"{key}_measured"]
+            cells += [
+                fmt.format(measured) if measured is not None else "–",
+                fmt.format(row[f"{key}_predicted"]),
+                _percent(row[f"{key}_error"]),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(head + lines) + "\n"
+
+
+def plot(
+    rows: list[dict[str, Any]],
+    frontier: list[dict[str, float]],
+    directory: Path,
+    title: str,
+    curve: list[dict[str, float]],
+    limits: dict[str, float],
+) -> list[str]:
+    """Measured points against the predicted curve: latency vs concurrency, and the throughput trade-off."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for ax, key, label in ((axes[0], "ttft_ms", "TTFT (ms)"), (axes[1], "tpot_ms", "TPOT (ms)")):
+        ax.plot(
+            [p["concurrency"] for p in curve],
+            [p[key] for p in curve],
+            "-",
+            color="tab:blue",
+            label="predicted",
+        )
+        measured = [r[f"{key}_measured"] for r in rows]
+        ax.plot([r["concurrency"] for r in rows], measured, "o", color="tab:red", label="measured")
+        ax.axhline(limits[key], color="grey", ls="--", lw=1, label="SLA limit")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("concurrency")
+        ax.set_ylabel(label)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    ax = axes[2]
+    if frontier:
+        ax.plot(
+            [p["tokens_per_s_per_user"] for p in frontier],
+            [p["tokens_per_s_per_gpu"] for p in frontier],
+            "--",
+            color="grey",
+            label="predicted frontier (all configs)",
+        )
+    ax.plot(
+        [p["tokens_per_s_per_user"] for p in curve],
+        [p["tokens_per_s_per_gpu"] for p in curve],
+        "-",
+        color="tab:blue",
+        label="deployed config, predicted",
+    )
+    ax.plot(
+        [r["tokens_per_s_per_user_measured"] for r in rows],
+        [r["tokens_per_s_per_gpu_measured"] for r in rows],
+        "o",
+        color="tab:red",
+        label="deployed config, measured",
+    )
+    for r in rows:
+        ax.annotate(
+            f"c{r['concurrency']}",
+            (r["tokens_per_s_per_user_measured"], r["tokens_per_s_per_gpu_measured"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    ax.set_xlabel("tokens/s/user")
+    ax.set_ylabel("tokens/s/gpu")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = directory / "measured_vs_predicted.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path.name]
 
 
 class Summarize(Stage):
-    """Done: the report files are written. Verify: trusts the record."""
+    """Compare every measured level with the model's prediction for the deployed plan at that concurrency.
+
+    Done: report/summary.json, report/summary.md and report/measured_vs_predicted.png are written and
+    the table is printed. Verify: trusts the record.
+    """
 
     name = "summarize"
     summary = "compare measured with predicted: tables, plots, report"
     needs = ("configure", "benchmark")
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
-        return {}
+        return {"sla": config.sla.model_dump()}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        raise NotImplementedStageError(
-            "the summarize stage is not implemented yet (issue #7)",
-            hint="run the stages that exist, e.g. autodeploy run FILE --to <stage>",
+        from automation.perfmodel import Plan
+
+        configure, benchmark = ctx.output("configure"), ctx.output("benchmark")
+        plan = Plan.from_dict(configure["plan"])
+        levels = [
+            json.loads((ctx.run_dir / benchmark["files"][str(c)]).read_text())["summary"]
+            for c in benchmark["levels"]
+        ]
+        rows = compare(levels, plan)
+        directory = ctx.path("report")
+        directory.mkdir(parents=True, exist_ok=True)
+        search = ctx.run_dir / "configure" / "search.json"
+        frontier = (
+            json.loads(search.read_text()).get("frontier", {}).get(plan.mode, []) if search.exists() else []
         )
+        design = round(configure["prediction"]["concurrency"])
+        plan_text = self._plan_text(plan)
+        (directory / "summary.md").write_text(markdown(ctx.config, plan_text, rows, design))
+        (directory / "summary.json").write_text(
+            json.dumps({"plan": configure["plan"], "design_concurrency": design, "rows": rows}, indent=2)
+        )
+        title = f"{ctx.config.name}: {plan_text}"
+        curve = predicted_curve(plan, max(max(benchmark["levels"]), design))
+        limits = {"ttft_ms": ctx.config.sla.ttft_ms, "tpot_ms": ctx.config.sla.tpot_ms}
+        files = ["summary.md", "summary.json", *plot(rows, frontier, directory, title, curve, limits)]
+        self._print(ctx, rows)
+        at_design = next((r for r in rows if r["concurrency"] == design), rows[-1])
+        return {
+            "files": [f"report/{name}" for name in files],
+            "design_concurrency": design,
+            "at_design": {k: v for k, v in at_design.items() if not k.endswith("_p90_ms")},
+            "meets_sla": bool(
+                at_design["ttft_ms_measured"] is not None
+                and at_design["ttft_ms_measured"] <= ctx.config.sla.ttft_ms
+                and at_design["tpot_ms_measured"] is not None
+                and at_design["tpot_ms_measured"] <= ctx.config.sla.tpot_ms
+            ),
+        }
+
+    def describe(self, outputs: Mapping[str, Any]) -> str:
+        d = outputs["at_design"]
+        sla = "meets the SLA" if outputs["meets_sla"] else "misses the SLA"
+        return (
+            f"at c={d['concurrency']}: TTFT {d['ttft_ms_measured']:.0f} ms "
+            f"({_percent(d['ttft_ms_error'])}), TPOT {d['tpot_ms_measured']:.2f} ms ({_percent(d['tpot_ms_error'])}), "
+            f"{d['tokens_per_s_per_gpu_measured']:.0f} tok/s/gpu ({_percent(d['tokens_per_s_per_gpu_error'])}); {sla}; "
+            "report/summary.md"
+        )
+
+    def _plan_text(self, plan: Any) -> str:
+        roles = " + ".join(f"{r.workers}×{r.role} tp{r.tp} bs{r.max_batch_size}" for r in plan.roles)
+        return f"{plan.mode}, {plan.replicas} replica(s) of {roles}"
+
+    def _print(self, ctx: StageContext, rows: list[dict[str, Any]]) -> None:
+        lines = []
+        for row in rows:
+            parts = [f"c={row['concurrency']:<4}"]
+            for _, key, label, _, fmt in METRICS:
+                measured = row[f"{key}_measured"]
+                shown = fmt.format(measured) if measured is not None else "–"
+                parts.append(
+                    f"{label} {shown} vs {fmt.format(row[f'{key}_predicted'])} ({_percent(row[f'{key}_error'])})"
+                )
+            lines.append("  ".join(parts))
+        ctx.log.info("measured vs predicted:\n%s", "\n".join(lines))

@@ -18,6 +18,7 @@ from automation.mocker_profile import (
     timing_profile,
     token_budget,
 )
+from automation.perfmodel.evaluate import step_scales
 from automation.perfmodel.plan import Plan
 from automation.stages.generate import render_files, write_files
 from tests.generate.cases import MODEL, agg_plan, disagg_plan, pipeline, role
@@ -86,12 +87,14 @@ def test_profile_reproduces_the_performance_model() -> None:
     model, system = pm.load_model(MODEL), pm.load_system("h200_sxm")
     plans = _mocker_plans()
     roles = [r for plan in plans.values() for r in plan.roles]
+    assert {r.role for r in roles} >= {"prefill", "decode"}
     for r in roles:
         arrays = timing_profile(model, system, r, 4000)
+        prefill_scale, decode_scale = step_scales(r)  # the deployed worker's per-step overhead
         tokens = arrays["prefill_isl"]
         between = np.sqrt(tokens[:-1] * tokens[1:])
         for x in (tokens, between):
-            want = pm.prefill_time_ms(model, system, r, x)
+            want = prefill_scale * pm.prefill_time_ms(model, system, r, x)
             np.testing.assert_allclose(interpolate_prefill(arrays, x), want, rtol=0.02)
         kv, ctx = arrays["decode_active_kv_tokens"], arrays["decode_context_length"]
         for a, c in ((kv, ctx), ((kv[:-1] + kv[1:]) / 2, (ctx[:-1] + ctx[1:]) / 2)):
@@ -99,7 +102,7 @@ def test_profile_reproduces_the_performance_model() -> None:
             # Where the mocker is used: batches the worker admits, contexts the requests reach.
             batch = aa / cc
             keep = (batch >= 1) & (batch <= r.max_batch_size)
-            want = np.maximum(pm.decode_step_ms(model, system, r, batch[keep], cc[keep]), 1.0)
+            want = np.maximum(decode_scale * pm.decode_step_ms(model, system, r, batch[keep], cc[keep]), 1.0)
             np.testing.assert_allclose(interpolate_decode(arrays, aa[keep], cc[keep]), want, rtol=0.02)
 
 

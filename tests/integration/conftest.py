@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.services import (
     Dockerd,
     NamespaceCluster,
@@ -54,3 +58,15 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dockerd,
         yield engine, import_service_images(engine, root)
     finally:
         engine.stop()
+
+
+DYNAMO_PYTHON = Path(os.environ.get("AUTODEPLOY_DYNAMO_PYTHON", REPO / ".venv-dynamo" / "bin" / "python"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not DYNAMO_PYTHON.exists():
+        raise AssertionError(f"{DYNAMO_PYTHON} is missing: run scripts/install-dynamo.sh (make test does)")
+    path = tmp_path_factory.mktemp("model") / "tiny-qwen3"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make-tiny-model.py"), str(path)], check=True)
+    return path

@@ -22,18 +22,8 @@ from automation.pipeline import Runner, Selection
 from automation.stages.launch import probe_frontend
 from automation.state import load_state
 from tests.conftest import REPO
+from tests.integration.conftest import DYNAMO_PYTHON
 from tests.services import NamespaceCluster, SSHKeys, free_port
-
-DYNAMO_PYTHON = Path(os.environ.get("AUTODEPLOY_DYNAMO_PYTHON", REPO / ".venv-dynamo" / "bin" / "python"))
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not DYNAMO_PYTHON.exists():
-        raise AssertionError(f"{DYNAMO_PYTHON} is missing: run scripts/install-dynamo.sh (make test does)")
-    path = tmp_path_factory.mktemp("model") / "tiny-qwen3"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make-tiny-model.py"), str(path)], check=True)
-    return path
 
 
 def _pipeline(

@@ -1,0 +1,97 @@
+"""Per-request records and their statistics, with aiperf's metric definitions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass
+class RequestRecord:
+    """One request as the client saw it (times in seconds on the monotonic clock)."""
+
+    index: int
+    warmup: bool
+    start: float
+    first_token: float | None = None
+    end: float | None = None
+    output_tokens: int = 0
+    input_tokens: int = 0
+    error: str | None = None
+
+    @property
+    def ttft_ms(self) -> float | None:
+        """time_to_first_token: first content chunk − request start (network, queueing and prefill)."""
+        return None if self.first_token is None else (self.first_token - self.start) * 1000.0
+
+    @property
+    def latency_ms(self) -> float | None:
+        """request_latency: last chunk − request start."""
+        return None if self.end is None else (self.end - self.start) * 1000.0
+
+    @property
+    def itl_ms(self) -> float | None:
+        """inter_token_latency (= TPOT): (request_latency − TTFT) / (output tokens − 1)."""
+        if self.ttft_ms is None or self.latency_ms is None or self.output_tokens < 2:
+            return None
+        return (self.latency_ms - self.ttft_ms) / (self.output_tokens - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def stats(values: Sequence[float]) -> dict[str, float]:
+    """avg, min, max, std and percentiles (linear interpolation) of a sample; {} when it is empty."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    mean = sum(ordered) / len(ordered)
+    out = {
+        "avg": mean,
+        "min": ordered[0],
+        "max": ordered[-1],
+        "std": math.sqrt(sum((v - mean) ** 2 for v in ordered) / len(ordered)),
+        "count": float(len(ordered)),
+    }
+    for p in PERCENTILES:
+        rank = (len(ordered) - 1) * p / 100
+        low, high = math.floor(rank), math.ceil(rank)
+        out[f"p{p}"] = ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+    return out
+
+
+def summarize(records: Sequence[RequestRecord], concurrency: int, gpus: int) -> dict[str, Any]:
+    """The level's metrics over the measured (non-warm-up) requests.
+
+    benchmark_duration = last response − first request start (warm-up excluded);
+    output_token_throughput = total output tokens / duration;
+    output_token_throughput_per_user = mean over requests of 1 / ITL;
+    tokens_per_s_per_gpu = output_token_throughput / GPUs serving.
+    """
+    measured = [r for r in records if not r.warmup]
+    good = [r for r in measured if r.error is None and r.end is not None]
+    errors = [r for r in measured if r.error is not None]
+    duration = (max(r.end for r in good) - min(r.start for r in good)) if good else 0.0  # type: ignore[type-var]
+    total_output = sum(r.output_tokens for r in good)
+    itls = [r.itl_ms for r in good if r.itl_ms]
+    throughput = total_output / duration if duration > 0 else 0.0
+    return {
+        "concurrency": concurrency,
+        "requests": len(measured),
+        "errors": len(errors),
+        "error_examples": sorted({r.error for r in errors if r.error})[:3],
+        "duration_s": duration,
+        "gpus": gpus,
+        "time_to_first_token_ms": stats([r.ttft_ms for r in good if r.ttft_ms is not None]),
+        "inter_token_latency_ms": stats(itls),
+        "request_latency_ms": stats([r.latency_ms for r in good if r.latency_ms is not None]),
+        "output_sequence_length": stats([float(r.output_tokens) for r in good]),
+        "output_token_throughput": throughput,
+        "output_token_throughput_per_user": stats([1000.0 / v for v in itls]).get("avg", 0.0),
+        "request_throughput": len(good) / duration if duration > 0 else 0.0,
+        "tokens_per_s_per_gpu": throughput / gpus if gpus else 0.0,
+    }

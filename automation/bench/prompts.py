@@ -1,0 +1,64 @@
+"""Prompts of exactly ISL tokens under the served model's own tokenizer, unique per request."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from automation.errors import StageError
+
+ATTEMPTS = 8
+
+
+class PromptMaker:
+    """Random token ids decoded to text, re-encoded and trimmed until the text is exactly `isl` tokens.
+
+    Random ids give every request its own prefix, so no prompt reuses another's KV cache.
+    """
+
+    def __init__(self, tokenizer_json: str, isl: int, seed: int) -> None:
+        from tokenizers import Tokenizer
+
+        self.tokenizer: Any = Tokenizer.from_str(tokenizer_json)
+        self.isl = isl
+        self.seed = seed
+        special = set(self.tokenizer.get_added_tokens_decoder())  # {id: AddedToken}
+        size = self.tokenizer.get_vocab_size(with_added_tokens=False)
+        self.ids = [i for i in range(size) if i not in special]
+
+    def _count(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def make(self, index: int) -> str:
+        """The prompt of request `index` (deterministic in seed and index).
+
+        Raises:
+            StageError: the tokenizer never round-trips to exactly isl tokens.
+        """
+        rng = random.Random(self.seed * 1_000_003 + index)
+        ids = [rng.choice(self.ids) for _ in range(self.isl)]
+        for _ in range(ATTEMPTS):
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            count = self._count(text)
+            if len(count) == self.isl:
+                return text
+            # Re-encoding merged or split tokens: keep what the text encodes to, then top up or cut.
+            ids = count[: self.isl] + [rng.choice(self.ids) for _ in range(max(0, self.isl - len(count)))]
+        raise StageError(
+            f"could not build a prompt of exactly {self.isl} tokens with the model's tokenizer",
+            hint="check that model.path holds the served model's tokenizer.json",
+        )
+
+
+def read_tokenizer(model_path: Path) -> str:
+    """tokenizer.json from a local checkpoint directory."""
+    path = Path(model_path).expanduser() / "tokenizer.json"
+    try:
+        return path.read_text()
+    except OSError:
+        raise StageError(
+            f"no tokenizer.json at {path}: the benchmark needs the served model's tokenizer to build "
+            "prompts of exactly ISL tokens",
+            hint="run autodeploy where model.path is readable (node 0), or copy tokenizer.json there",
+        ) from None

@@ -1,0 +1,54 @@
+"""The benchmark and summarize stages against the real frontend and mocker (the whole pipeline, on loopback)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from automation.pipeline import Selection
+from automation.state import load_state
+from tests.integration.test_launch import _pipeline, _run_processes, _runner
+
+
+def test_the_whole_pipeline_measures_and_compares(tmp_path: Path, tiny_model: Path) -> None:
+    path = _pipeline(tmp_path, tiny_model, name="fullrun")
+    data = yaml.safe_load(path.read_text())
+    data["workload"] = {"isl": 200, "osl": 16}
+    data["benchmark"] = {"concurrency": [1, 3], "requests_per_concurrency": 2, "warmup_per_concurrency": 1}
+    path.write_text(yaml.safe_dump(data))
+    runner, out = _runner(path)
+    try:
+        assert runner.run(Selection()) == 0, out.getvalue()
+        text = out.getvalue()
+        assert "✓ benchmark" in text and "✓ summarize" in text and "report/summary.md" in text
+        level = json.loads((tmp_path / "run" / "bench" / "c3.json").read_text())
+        assert len(level["requests"]) == 9  # (2 measured + 1 warm-up) × 3
+        assert sum(r["warmup"] for r in level["requests"]) == 3
+        for request in level["requests"]:
+            assert request["error"] is None
+            assert request["input_tokens"] == 200  # exactly ISL, as the server's tokenizer counts
+            assert request["output_tokens"] == 16  # exactly OSL (ignore_eos, min_tokens)
+        assert level["summary"]["requests"] == 6 and level["summary"]["errors"] == 0
+        report = tmp_path / "run" / "report"
+        rows = json.loads((report / "summary.json").read_text())["rows"]
+        assert [r["concurrency"] for r in rows] == [1, 3]
+        for row in rows:
+            for key in ("ttft_ms", "tpot_ms", "tokens_per_s_per_gpu", "tokens_per_s_per_user"):
+                assert row[f"{key}_measured"] > 0 and row[f"{key}_predicted"] > 0
+        assert "| 3 |" in (report / "summary.md").read_text()
+        assert (report / "measured_vs_predicted.png").stat().st_size > 10_000
+        outputs = load_state(runner.state_path).stages["summarize"].outputs  # type: ignore[union-attr]
+        assert outputs["files"] == [
+            "report/summary.md",
+            "report/summary.json",
+            "report/measured_vs_predicted.png",
+        ]
+
+        runner, out = _runner(path)  # everything done: nothing runs again
+        assert runner.run(Selection()) == 0
+        assert out.getvalue().count("↷") == 8
+    finally:
+        _runner(path)[0].down()
+    assert _run_processes(path) == []

@@ -79,6 +79,8 @@ def test_prompts_have_exactly_isl_tokens_and_share_no_prefix(tiny_tokenizer: str
     assert len({p.split()[0] for p in prompts}) == 20  # distinct first tokens: no shared prefix
     assert PromptMaker(tiny_tokenizer, isl=300, seed=5).make(7) == prompts[7]  # reproducible
     assert PromptMaker(tiny_tokenizer, isl=300, seed=6).make(7) != prompts[7]
+    unknown = maker.tokenizer.token_to_id("[UNK]")
+    assert unknown not in maker.ids and 0 not in maker.ids  # neither [UNK] nor special tokens are drawn
 
 
 def test_missing_tokenizer_is_a_clear_error(tmp_path: Path) -> None:

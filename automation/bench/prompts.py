@@ -8,7 +8,7 @@ from typing import Any
 
 from automation.errors import StageError
 
-ATTEMPTS = 8
+ATTEMPTS = 64
 
 
 class PromptMaker:
@@ -24,6 +24,9 @@ class PromptMaker:
         self.isl = isl
         self.seed = seed
         special = set(self.tokenizer.get_added_tokens_decoder())  # {id: AddedToken}
+        unknown = getattr(self.tokenizer.model, "unk_token", None)
+        if unknown is not None and self.tokenizer.token_to_id(unknown) is not None:
+            special.add(self.tokenizer.token_to_id(unknown))  # "[UNK]" never decodes back to itself
         size = self.tokenizer.get_vocab_size(with_added_tokens=False)
         self.ids = [i for i in range(size) if i not in special]
 
@@ -43,8 +46,13 @@ class PromptMaker:
             count = self._count(text)
             if len(count) == self.isl:
                 return text
-            # Re-encoding merged or split tokens: keep what the text encodes to, then top up or cut.
-            ids = count[: self.isl] + [rng.choice(self.ids) for _ in range(max(0, self.isl - len(count)))]
+            # Decoding merged or split tokens somewhere: keep the prefix that round-tripped and draw
+            # the rest again, which converges for any tokenizer whose tokens mostly round-trip.
+            agree = next(
+                (k for k, (a, b) in enumerate(zip(ids, count, strict=False)) if a != b),
+                min(len(ids), len(count)),
+            )
+            ids = ids[:agree] + [rng.choice(self.ids) for _ in range(self.isl - agree)]
         raise StageError(
             f"could not build a prompt of exactly {self.isl} tokens with the model's tokenizer",
             hint="check that model.path holds the served model's tokenizer.json",

@@ -75,12 +75,13 @@ def test_status_lists_runs_in_the_working_directory(pipeline_file: Path, calls_f
     assert none.returncode == 0 and "no runs under autodeploy-runs/" in none.stdout
 
 
-def test_a_stage_that_has_not_landed_fails_and_is_never_done(tmp_path: Path, capsys) -> None:
-    """Until its issue lands a stage says so; it must never be recorded as done."""
+def test_a_stage_run_alone_without_its_inputs_fails_and_is_never_done(tmp_path: Path, capsys) -> None:
+    """--only summarize on a fresh run: the results it reads do not exist, so it fails and says how to get them."""
     example = REPO / "examples" / "rehearsal.yaml"
     code = main(["run", str(example), "--run-dir", str(tmp_path / "run"), "--only", "summarize"])
     out = capsys.readouterr().out
     assert code == 1
-    assert "✗ summarize" in out
+    assert "✗ summarize" in out and "summarize needs the results of configure" in out
+    assert "--from configure" in out
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["stages"]["summarize"]["status"] == "failed"

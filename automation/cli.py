@@ -164,18 +164,26 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(state.model_dump_json(indent=2))
         return EXIT_OK
+    from automation.console import format_seconds
+    from automation.pipeline import STAGES
+
+    stages = {cls.name: cls() for cls in (args.stages or STAGES)}
     rows = []
     for name, record in state.stages.items():
         note = ""
         if record.error:
             note = f"{record.error.get('message', '')} ({record.error.get('log', '')})"
-        duration = f"{record.duration_s:.1f}s" if record.duration_s is not None else ""
-        rows.append(
-            [name, record.status.value, record.attempts or "", duration, record.finished_at or "", note]
-        )
+        elif record.done and name in stages:
+            try:
+                note = stages[name].describe(record.outputs)
+            except (KeyError, TypeError, ValueError):  # a record from an older autodeploy
+                note = ""
+        duration = format_seconds(record.duration_s) if record.duration_s is not None else ""
+        finished = (record.finished_at or "")[11:19]  # the time of day; the date is in the title
+        rows.append([name, record.status.value, record.attempts or "", duration, finished, note])
     console.table(
-        f"run {state.run_id} ({run_dir}), updated {state.updated_at}",
-        ["stage", "status", "attempts", "duration", "finished", "note"],
+        f"run {state.run_id} ({run_dir}), updated {state.updated_at[:19].replace('T', ' ')} UTC",
+        ["stage", "status", "tries", "took", "finished", "result"],
         rows,
     )
     return EXIT_OK

@@ -38,7 +38,7 @@ class _CountWhenCounted(MofNCompleteColumn):
         return Text("") if task.total is None else super().render(task)
 
 
-def _seconds(value: float) -> str:
+def format_seconds(value: float) -> str:
     if value < 60:
         return f"{value:.1f}s"
     minutes, seconds = divmod(round(value), 60)
@@ -134,7 +134,7 @@ class Console:
 
     def stage_done(self, name: str, seconds: float, summary: str) -> None:
         self._stage_line(
-            "✓", name, f"done in {_seconds(seconds)}" + (f"  {summary}" if summary else ""), "green"
+            "✓", name, f"done in {format_seconds(seconds)}" + (f"  {summary}" if summary else ""), "green"
         )
 
     def stage_skipped(self, name: str, reason: str) -> None:
@@ -146,7 +146,7 @@ class Console:
     def stage_failed(
         self, name: str, seconds: float, message: str, hint: str, log: str | None, resume: str
     ) -> None:
-        self._stage_line("✗", name, f"failed after {_seconds(seconds)}: {message}", "bold red")
+        self._stage_line("✗", name, f"failed after {format_seconds(seconds)}: {message}", "bold red")
         if hint:
             self.line(f"  fix: {hint}", "red")
         if log:

@@ -52,3 +52,49 @@ def test_the_whole_pipeline_measures_and_compares(tmp_path: Path, tiny_model: Pa
     finally:
         _runner(path)[0].down()
     assert _run_processes(path) == []
+
+
+def test_an_interrupted_sweep_keeps_the_levels_it_finished(tmp_path: Path, tiny_model: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    path = _pipeline(tmp_path, tiny_model, name="resumesweep")
+    data = yaml.safe_load(path.read_text())
+    data["workload"] = {"isl": 100, "osl": 64}
+    data["benchmark"] = {"concurrency": [1, 2], "requests_per_concurrency": 3, "warmup_per_concurrency": 0}
+    path.write_text(yaml.safe_dump(data))
+    run_dir = str(tmp_path / "run")
+    command = [sys.executable, "-m", "automation", "run", str(path), "--run-dir", run_dir]
+    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_level = tmp_path / "run" / "bench" / "c1.json"
+    try:
+        deadline = time.monotonic() + 90
+        while not first_level.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first_level.exists()
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=30) == 130
+        measured_first = first_level.read_text()
+        state = load_state(tmp_path / "run" / "state.json")
+        assert state is not None and state.stages["benchmark"].status.value == "interrupted"
+
+        resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert first_level.read_text() == measured_first  # c=1 was not measured again
+        assert (
+            "c=1: already measured against this deployment"
+            in (tmp_path / "run" / "logs" / "benchmark.log").read_text()
+        )
+        assert (tmp_path / "run" / "bench" / "c2.json").exists()
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "automation", "down", str(path), "--run-dir", run_dir],
+            cwd=REPO,
+            capture_output=True,
+            timeout=120,
+        )
+    assert _run_processes(path) == []

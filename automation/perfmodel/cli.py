@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -199,19 +200,33 @@ def _describe(plan: Any) -> str:
 
 
 def _plot(res: Any) -> None:
-    if not sys.stdout.isatty():
-        return
+    """The Pareto frontiers in the terminal (plain characters when stdout is not a terminal)."""
     import plotext as plt
 
     plt.clf()
+    if not sys.stdout.isatty():
+        plt.theme("clear")  # no colour codes in files and pipes
+    markers = {"agg": "dot", "disagg": "small"}
     for mode, f in res.frontier.items():
         if f["tokens_per_s_per_user"].size:
-            plt.plot(list(f["tokens_per_s_per_user"]), list(f["tokens_per_s_per_gpu"]), label=mode)
+            xs, ys = list(f["tokens_per_s_per_user"]), list(f["tokens_per_s_per_gpu"])
+            plt.plot(xs, ys, label=mode, marker=markers.get(mode, "dot"))
+    if res.best is not None:
+        best = res.best
+        plt.scatter(
+            [best.prediction.tokens_per_s_per_user],
+            [best.tokens_per_s_per_gpu_cluster],
+            label=f"{best.mode} best",
+            marker="x",
+        )
     plt.xlabel("tokens/s/user")
     plt.ylabel("tokens/s/gpu")
-    plt.title("Pareto frontier")
-    plt.plotsize(80, 20)
-    plt.show()
+    plt.title(f"Pareto frontier (TPOT ≤ {res.tpot_ms:g} ms means tokens/s/user ≥ {1000 / res.tpot_ms:.0f})")
+    plt.plotsize(80, 22)
+    canvas = plt.build()
+    if not sys.stdout.isatty():
+        canvas = re.sub(r"\x1b\[[0-9;]*m", "", canvas)  # the clear theme still emits reset codes
+    print(canvas)
 
 
 def run_estimate(args: argparse.Namespace) -> int:

@@ -191,3 +191,31 @@ def test_bad_input_raises_input_error(capsys):
         )
     assert main_for_test(["configure", "--model", "Qwen/Qwen3-8B", "--system", "x100", *CONFIGURE[5:]]) == 2
     assert "unknown system 'x100'" in capsys.readouterr().err
+
+
+def test_configure_without_json_shows_tables_and_a_terminal_pareto_plot(capsys) -> None:
+    from automation.cli import main
+
+    code = main(
+        [
+            "configure",
+            "--model",
+            "Qwen/Qwen3-8B",
+            "--system",
+            "h200_sxm",
+            "--total-gpus",
+            "8",
+            "--isl",
+            "1000",
+            "--osl",
+            "1000",
+            "--ttft",
+            "1000",
+            "--tpot",
+            "20",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Pareto frontier" in out and "tokens/s/user" in out and "winner:" in out
+    assert "\x1b[" not in out  # captured output is not a terminal: no colour codes

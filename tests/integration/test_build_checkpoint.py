@@ -68,10 +68,3 @@ def test_missing_checkpoint_names_the_path(tmp_path: Path) -> None:
     code, out, _ = _run(_pipeline(tmp_path))
     assert code == 1
     assert f"no checkpoint at {tmp_path / 'model'} on node0 (config.json is missing)" in out
-
-
-def test_hub_download_says_it_is_not_there_yet(tmp_path: Path) -> None:
-    code, out, runner = _run(_pipeline(tmp_path, checkpoint={"source": "hub"}))
-    assert code == 1
-    assert "not implemented yet" in out
-    assert load_state(runner.state_path).stages["checkpoint"].status.value == "failed"  # type: ignore[union-attr]

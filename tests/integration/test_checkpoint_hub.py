@@ -1,0 +1,205 @@
+"""The checkpoint stage with the real huggingface_hub client against a local hub-compatible server."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from automation.config import load_pipeline
+from automation.console import Console
+from automation.pipeline import Runner, Selection
+from automation.stages.checkpoint import Checkpoint
+from automation.state import load_state
+from tests.conftest import REPO
+from tests.hubserver import HubServer
+from tests.services import NamespaceCluster, SSHKeys
+
+TOKEN = "hf_localHubSecret0042"
+
+
+def _make_repo(root: Path, repo: str) -> None:
+    directory = root / repo
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make-tiny-model.py"), str(directory)], check=True)
+    (directory / "model.safetensors").write_bytes(os.urandom(200_000))
+    (directory / "sub").mkdir()
+    (directory / "sub" / "notes.txt").write_text("small file, not LFS\n")
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
+    root = tmp_path_factory.mktemp("hub")
+    _make_repo(root, "acme/tiny")
+    _make_repo(root, "acme/gated")
+    with HubServer(root, token=TOKEN, gated=("acme/gated",)) as server:
+        yield server
+
+
+def _pipeline(tmp_path: Path, hub: HubServer, repo: str = "acme/tiny", **checkpoint: object) -> Path:
+    data = {
+        "name": "hubtest",
+        "model": {"hf_id": repo, "path": str(tmp_path / "model")},
+        "system": "h200_sxm",
+        "workload": {"isl": 100, "osl": 10},
+        "sla": {"ttft_ms": 500, "tpot_ms": 20},
+        "cluster": {"nodes": [{"host": "127.0.0.1", "gpus": 8}], "work_dir": str(tmp_path / "nodes")},
+        "checkpoint": {"source": "hub", "endpoint": hub.url, **checkpoint},
+    }
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _run(path: Path, selection: Selection | None = None) -> tuple[int, str, Runner]:
+    out = io.StringIO()
+    runner = Runner(
+        load_pipeline(path),
+        path,
+        run_dir=path.parent / "run",
+        console=Console(out, plain=True),
+        stages=[Checkpoint],
+    )
+    return runner.run(selection or Selection()), out.getvalue(), runner
+
+
+def test_download_verify_skip_and_resume(tmp_path: Path, hub: HubServer) -> None:
+    path = _pipeline(tmp_path, hub)
+    code, out, runner = _run(path)
+    assert code == 0, out
+    source = hub.root / "acme" / "tiny"
+    for name in ("config.json", "tokenizer.json", "model.safetensors", "sub/notes.txt"):
+        assert (tmp_path / "model" / name).read_bytes() == (source / name).read_bytes()
+    outputs = load_state(runner.state_path).stages["checkpoint"].outputs  # type: ignore[union-attr]
+    assert outputs["commit"] == hub.commit("acme/tiny") and outputs["downloaded_to"] == ["node0"]
+    assert outputs["nodes"]["node0"]["files"] == 6  # the hub's bookkeeping under .cache/ is not counted
+    assert f"acme/tiny@{hub.commit('acme/tiny')[:8]}" in out
+
+    code, out, _ = _run(path)
+    assert "↷ checkpoint  skipped: checkpoint present at" in out
+
+    before = len([r for r in hub.requests if r.startswith("GET /acme/tiny/resolve")])
+    code, out, runner = _run(path, Selection(force=True))  # forced: the files are already right
+    assert code == 0
+    assert len([r for r in hub.requests if r.startswith("GET /acme/tiny/resolve")]) == before
+    assert load_state(runner.state_path).stages["checkpoint"].outputs["downloaded_to"] == []  # type: ignore[union-attr]
+
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"corrupted")  # a damaged copy is fetched again
+    code, out, _ = _run(path)
+    assert code == 0, out
+    assert (tmp_path / "model" / "model.safetensors").read_bytes() == (
+        source / "model.safetensors"
+    ).read_bytes()
+
+
+def test_gated_repo_needs_the_token_and_never_records_it(
+    tmp_path: Path, hub: HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _pipeline(tmp_path, hub, repo="acme/gated")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    code, out, _ = _run(path)
+    assert code == 2
+    assert f"model.hf_id: acme/gated is gated on {hub.url}" in out and "export HF_TOKEN" in out
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    code, out, _ = _run(path)
+    assert code == 0, out
+    for file in (tmp_path / "run").rglob("*"):
+        if file.is_file():
+            assert TOKEN not in file.read_text(errors="replace"), file
+
+
+def test_token_file_instead_of_the_environment(tmp_path: Path, hub: HubServer, monkeypatch) -> None:
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    code, out, _ = _run(_pipeline(tmp_path, hub, repo="acme/gated", token_file=str(tmp_path / "token")))
+    assert code == 0, out
+
+
+def test_unknown_repo_revision_and_unreachable_hub(tmp_path: Path, hub: HubServer) -> None:
+    code, out, _ = _run(_pipeline(tmp_path / "a", hub, repo="acme/nothere"))
+    assert code == 2 and "has no repository acme/nothere" in out
+    path = _pipeline(tmp_path / "b", hub)
+    data = yaml.safe_load(path.read_text())
+    data["model"]["revision"] = "v9"
+    path.write_text(yaml.safe_dump(data))
+    code, out, _ = _run(path)
+    assert code == 2 and "model.revision: acme/tiny has no revision 'v9'" in out
+    code, out, _ = _run(_pipeline(tmp_path / "c", hub, endpoint="http://127.0.0.1:9"))
+    assert code == 1 and "cannot read acme/tiny from the hub at http://127.0.0.1:9" in out
+
+
+def test_allow_patterns_limit_the_download(tmp_path: Path, hub: HubServer) -> None:
+    code, out, _ = _run(_pipeline(tmp_path, hub, allow_patterns=["*.json"]))
+    assert code == 0, out
+    assert (tmp_path / "model" / "config.json").exists()
+    assert not (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_remote_nodes_get_the_files_over_ssh(
+    netns: NamespaceCluster, ssh_keys: SSHKeys, tmp_path: Path
+) -> None:
+    """The controller (its own namespace) downloads from a hub it reaches and copies to both nodes over SSH."""
+    root = tmp_path / "hubroot"
+    _make_repo(root, "acme/tiny")
+    server = subprocess.Popen(
+        [*netns.exec_prefix(), sys.executable, "-m", "tests.hubserver", str(root)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = server.stdout.readline().strip() if server.stdout else ""
+        data = {
+            "name": "hubremote",
+            "model": {"hf_id": "acme/tiny", "path": str(tmp_path / "model")},
+            "system": "h200_sxm",
+            "workload": {"isl": 100, "osl": 10},
+            "sla": {"ttft_ms": 500, "tpot_ms": 20},
+            "cluster": {
+                "nodes": [{"host": a, "gpus": 8} for a in netns.addresses],
+                "ssh": {
+                    "user": "root",
+                    "key_file": str(ssh_keys.client_key),
+                    "host_keys": "accept_new",
+                    "known_hosts": str(tmp_path / "kh"),
+                },
+            },
+            "checkpoint": {"source": "hub", "endpoint": url},
+        }
+        path = tmp_path / "p.yaml"
+        path.write_text(yaml.safe_dump(data))
+        env = {**os.environ, "AUTODEPLOY_STAGING": str(tmp_path / "staging")}
+        done = subprocess.run(
+            [
+                *netns.exec_prefix(),
+                sys.executable,
+                "-m",
+                "automation",
+                "run",
+                str(path),
+                "--only",
+                "checkpoint",
+                "--run-dir",
+                str(tmp_path / "run"),
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "node0: 6 files, node1: 6 files" in done.stdout
+        assert (tmp_path / "model" / "model.safetensors").read_bytes() == (
+            root / "acme/tiny/model.safetensors"
+        ).read_bytes()
+        assert any((tmp_path / "staging").iterdir())  # downloaded once on the controller, then copied
+    finally:
+        server.kill()
+        server.wait(timeout=10)

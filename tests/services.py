@@ -18,11 +18,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+_TAKEN: set[int] = set()
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+    """A free port below the ephemeral range (32768+), which outgoing connections use as source ports:
+    a port the kernel hands out for binding to 0 can be taken by a client connection a moment later."""
+    import random
+
+    while True:
+        port = random.randint(10000, 32000)
+        if port in _TAKEN:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        _TAKEN.add(port)  # never hand the same port to two services of one test session
+        return port
 
 
 def wait_for(probe, timeout: float = 15.0, what: str = "service") -> None:  # type: ignore[no-untyped-def]

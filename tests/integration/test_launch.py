@@ -74,18 +74,8 @@ def _pipeline(
 
 
 def _system_port_base() -> int:
-    """A free port below 32768 (Dynamo reads DYN_SYSTEM_PORT as a signed 16-bit number)."""
-    import random
-    import socket
-
-    while True:
-        port = random.randint(20000, 32000)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
+    """Dynamo reads DYN_SYSTEM_PORT as a signed 16-bit number; free_port stays below 32768."""
+    return free_port()
 
 
 def _runner(path: Path) -> tuple[Runner, io.StringIO]:

@@ -10,14 +10,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from automation import __version__
-from automation.errors import AutodeployError, ConfigError, InputError
+from automation.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    AutodeployError,
+    ConfigError,
+    InputError,
+)
 
 if TYPE_CHECKING:  # the heavy modules load only for the commands that use them (configure must start fast)
     from automation.console import Console
     from automation.pipeline import Runner, Selection
     from automation.stage import Stage
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):

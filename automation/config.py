@@ -26,11 +26,7 @@ from pydantic import (
 from automation.errors import ConfigError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-SYSTEMS_DIR = PACKAGE_DIR / "configs" / "systems"
 VERSIONS_FILE = PACKAGE_DIR / "data" / "versions.yaml"
-
-# Systems the performance model knows even before their data files are read (kept in step with configs/systems).
-BUILTIN_SYSTEMS = ("a100_sxm", "b200_sxm", "h100_sxm", "h200_sxm")
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -390,12 +386,6 @@ def dynamo_versions() -> dict[str, str]:
     return {str(k): str(v) for k, v in data["dynamo_to_trtllm"].items()}
 
 
-def known_systems() -> list[str]:
-    """GPU systems the performance model has data for."""
-    found = sorted(p.stem for p in SYSTEMS_DIR.glob("*.yaml") if not p.stem.endswith(".fit"))
-    return found or list(BUILTIN_SYSTEMS)
-
-
 # --------------------------------------------------------------------------------------------- loading
 
 Location = tuple[str | int, ...]
@@ -669,6 +659,8 @@ def _field_at(loc: Location) -> Any:
 def _consistency_problems(config: PipelineConfig) -> list[tuple[Location, str]]:
     """Checks that span several fields; each names the field to change."""
     problems: list[tuple[Location, str]] = []
+    from automation.perfmodel.system import known_systems  # reads file names only
+
     systems = known_systems()
     if config.system not in systems:
         hint = _did_you_mean(config.system, systems) or f" (known: {', '.join(systems)})"

@@ -140,8 +140,9 @@ class Console:
     def stage_skipped(self, name: str, reason: str) -> None:
         self._stage_line("↷", name, f"skipped: {reason}", "dim")
 
-    def stage_not_selected(self, name: str, reason: str) -> None:
-        self._stage_line("·", name, reason, "dim")
+    def stage_note(self, name: str, text: str) -> None:
+        """A stage line that is neither done, skipped nor failed (left out of a plan, stopped by down)."""
+        self._stage_line("·", name, text, "dim")
 
     def stage_failed(
         self, name: str, seconds: float, message: str, hint: str, log: str | None, resume: str

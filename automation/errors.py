@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Process exit codes: done, a stage failed, bad input, interrupted (128 + SIGINT).
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
 
 class AutodeployError(Exception):
     """Base of every error autodeploy expects and explains (no traceback unless --debug).

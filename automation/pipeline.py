@@ -19,7 +19,15 @@ from typing import Any
 
 from automation.config import PipelineConfig, resolved_yaml
 from automation.console import Console, StageDisplay
-from automation.errors import AutodeployError, InputError, StageError, StateError
+from automation.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    AutodeployError,
+    InputError,
+    StageError,
+    StateError,
+)
 from automation.redact import RedactingFilter, redact, secret_values
 from automation.stage import Check, Stage, StageContext
 from automation.stages.benchmark import Benchmark
@@ -52,8 +60,6 @@ STAGES: tuple[type[Stage], ...] = (
     Benchmark,
     Summarize,
 )
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 @dataclass(frozen=True)
@@ -438,13 +444,10 @@ class Runner:
                 self.save(state)
                 if what:
                     stopped_any = True
-                    self._stopped_line(stage.name, what)
+                    self.console.stage_note(stage.name, f"stopped: {what}")
             if not stopped_any:
                 self.console.line("nothing of this run is running")
             return EXIT_OK
-
-    def _stopped_line(self, name: str, what: str) -> None:
-        self.console.stage_not_selected(name, f"stopped: {what}")
 
 
 def _quiet_logger() -> logging.Logger:

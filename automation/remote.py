@@ -11,7 +11,7 @@ import subprocess
 import tarfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -399,29 +399,6 @@ def host_for(config: PipelineConfig, node: Node) -> Host:
         known_hosts=ssh.known_hosts,
         connect_timeout_s=ssh.connect_timeout_s,
     )
-
-
-@contextlib.contextmanager
-def connected_hosts(config: PipelineConfig) -> Iterator[list[Host]]:
-    """Hosts for every node, in node order; connections are closed afterwards."""
-    hosts = [host_for(config, node) for node in config.cluster.nodes]
-    try:
-        yield hosts
-    finally:
-        for host in hosts:
-            with contextlib.suppress(Exception):
-                host.close()
-
-
-def wait_until(probe: Any, timeout_s: float, interval_s: float = 0.2) -> bool:
-    """Call probe() until it returns true or timeout_s passes; True if it succeeded."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if probe():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval_s)
 
 
 def _tail(text: str, lines: int = TAIL_LINES) -> str:

@@ -170,7 +170,7 @@ def _table(con: Any, table_cls: Any, title: str, cands: list[Any]) -> None:
         t.add_row(
             str(i),
             c.mode,
-            _describe(c.plan),
+            c.plan.layout(),
             str(c.plan.replicas),
             f"{c.tokens_per_s_per_gpu_cluster:.1f}",
             f"{c.prediction.tokens_per_s_per_user:.1f}",
@@ -180,23 +180,6 @@ def _table(con: Any, table_cls: Any, title: str, cands: list[Any]) -> None:
             f"{c.prediction.memory_gib_per_gpu:.1f}",
         )
     con.print(t)
-
-
-def _describe(plan: Any) -> str:
-    def one(r: Any) -> str:
-        s = f"tp{r.tp}"
-        if r.pp > 1:
-            s += f"pp{r.pp}"
-        if r.attention_dp > 1:
-            s += f"dp{r.attention_dp}"
-        if r.ep > 1:
-            s += f"ep{r.ep}"
-        return f"{s} bs{r.max_batch_size}"
-
-    if plan.mode == "agg":
-        return one(plan.role("agg"))
-    p, d = plan.role("prefill"), plan.role("decode")
-    return f"{p.workers}P({one(p)}) + {d.workers}D({one(d)})"
 
 
 def _plot(res: Any) -> None:
@@ -247,21 +230,3 @@ def run_estimate(args: argparse.Namespace) -> int:
         t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
     Console().print(t)
     return 0
-
-
-def main_for_test(argv: list[str]) -> int:
-    """A minimal `autodeploy` with only these two commands (tests and tests/perf timing use it)."""
-    ap = argparse.ArgumentParser(prog="autodeploy")
-    sub = ap.add_subparsers(dest="command", required=True)
-    add_configure_parser(sub)
-    add_estimate_parser(sub)
-    args = ap.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except InputError as exc:
-        print(f"error: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""), file=sys.stderr)
-        return exc.exit_code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main_for_test(sys.argv[1:]))

@@ -82,6 +82,22 @@ class Plan:
                 return r
         raise KeyError(f"plan has no role '{name}' (roles: {[r.role for r in self.roles]})")
 
+    def layout(self) -> str:
+        """One replica in a few characters: "tp4 bs16" (agg) or "1P(tp4 bs1) + 1D(tp4 bs32)" (disagg)."""
+
+        def one(r: RolePlan) -> str:
+            widths = "".join(
+                f"{name}{value}"
+                for name, value in (("pp", r.pp), ("dp", r.attention_dp), ("ep", r.ep))
+                if value > 1
+            )
+            return f"tp{r.tp}{widths} bs{r.max_batch_size}"
+
+        if self.mode == "agg":
+            return one(self.role("agg"))
+        p, d = self.role("prefill"), self.role("decode")
+        return f"{p.workers}P({one(p)}) + {d.workers}D({one(d)})"
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["roles"] = [r.to_dict() for r in self.roles]

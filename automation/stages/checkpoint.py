@@ -166,17 +166,18 @@ class Checkpoint(Stage):
         hosts = [host_for(config, node) for node in nodes]
         try:
             paths = [host.expand(config.model.path or "") for host in hosts]
-            missing = [
-                i
-                for i, (h, p) in enumerate(zip(hosts, paths, strict=True))
-                if check_files(h, p, manifest, True)
-            ]
+            # Checked once per node (sizes, then sha256 of LFS files); hashing a big checkpoint is slow.
+            problems = [check_files(h, p, manifest, True) for h, p in zip(hosts, paths, strict=True)]
+            missing = [i for i, found in enumerate(problems) if found]
             if missing:
-                local_target = next(
-                    (paths[i] for i in missing if isinstance(hosts[i], LocalHost)), None
-                )  # download straight into model.path when this machine is one of the nodes
-                source = Path(local_target) if local_target else _staging_dir(manifest)
-                stale = check_files(LocalHost("controller", "127.0.0.1"), str(source), manifest, True)
+                local = next((i for i in missing if isinstance(hosts[i], LocalHost)), None)
+                # Download straight into model.path when this machine is one of the nodes.
+                source = Path(paths[local]) if local is not None else _staging_dir(manifest)
+                stale = (
+                    problems[local]
+                    if local is not None
+                    else check_files(LocalHost("controller", "127.0.0.1"), str(source), manifest, True)
+                )
                 self._download(ctx, manifest, source, token, sorted(stale))
                 for i in missing:
                     if isinstance(hosts[i], LocalHost) and paths[i] == str(source):
@@ -184,9 +185,9 @@ class Checkpoint(Stage):
                     ctx.display.status(f"copying to {hosts[i].name}")
                     hosts[i].put(source, paths[i])
                 for i in missing:
-                    problems = check_files(hosts[i], paths[i], manifest, True)
-                    if problems:
-                        first = next(iter(problems.values()))
+                    left = check_files(hosts[i], paths[i], manifest, True)
+                    if left:
+                        first = next(iter(left.values()))
                         raise StageError(
                             f"the checkpoint on {hosts[i].name} at {paths[i]} is not what the hub has: {first}",
                             hint="remove the directory and rerun, or check the disk",

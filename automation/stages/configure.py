@@ -129,12 +129,8 @@ class Configure(Stage):
 
         plan = Plan.from_dict(outputs["plan"])
         prediction = outputs["prediction"]
-        layout = " + ".join(
-            f"{r.workers}×{r.role}(tp{r.tp}{f' pp{r.pp}' if r.pp > 1 else ''} bs{r.max_batch_size})"
-            for r in plan.roles
-        )
         return (
-            f"{plan.mode}: {plan.replicas} replica(s) of {layout}; predicted "
+            f"{plan.mode}: {plan.replicas} replica(s) of {plan.layout()}; predicted "
             f"{outputs['tokens_per_s_per_gpu_cluster']:.0f} tok/s/gpu, TTFT {prediction['ttft_ms']:.0f} ms, "
             f"TPOT {prediction['tpot_ms']:.1f} ms"
         )

@@ -200,7 +200,7 @@ class Summarize(Stage):
             json.loads(search.read_text()).get("frontier", {}).get(plan.mode, []) if search.exists() else []
         )
         design = round(configure["prediction"]["concurrency"])
-        plan_text = self._plan_text(plan)
+        plan_text = f"{plan.mode}, {plan.replicas} replica(s) of {plan.layout()}"
         (directory / "summary.md").write_text(markdown(ctx.config, plan_text, rows, design))
         (directory / "summary.json").write_text(
             json.dumps({"plan": configure["plan"], "design_concurrency": design, "rows": rows}, indent=2)
@@ -209,7 +209,7 @@ class Summarize(Stage):
         curve = predicted_curve(plan, max(max(benchmark["levels"]), design))
         limits = {"ttft_ms": ctx.config.sla.ttft_ms, "tpot_ms": ctx.config.sla.tpot_ms}
         files = ["summary.md", "summary.json", *plot(rows, frontier, directory, title, curve, limits)]
-        self._print(ctx, rows)
+        self._log_table(ctx, rows)
         at_design = next((r for r in rows if r["concurrency"] == design), rows[-1])
         return {
             "files": [f"report/{name}" for name in files],
@@ -233,11 +233,7 @@ class Summarize(Stage):
             "report/summary.md"
         )
 
-    def _plan_text(self, plan: Any) -> str:
-        roles = " + ".join(f"{r.workers}×{r.role} tp{r.tp} bs{r.max_batch_size}" for r in plan.roles)
-        return f"{plan.mode}, {plan.replicas} replica(s) of {roles}"
-
-    def _print(self, ctx: StageContext, rows: list[dict[str, Any]]) -> None:
+    def _log_table(self, ctx: StageContext, rows: list[dict[str, Any]]) -> None:
         lines = []
         for row in rows:
             parts = [f"c={row['concurrency']:<4}"]

@@ -64,18 +64,13 @@ def _pipeline(
             "engine": "mocker",
             "python": str(DYNAMO_PYTHON),
             "ready_timeout_s": 90,
-            "system_port_base": _system_port_base(),
+            "system_port_base": free_port(),  # below 32768: Dynamo reads it as int16,
         },
         **extra,
     }
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def _system_port_base() -> int:
-    """Dynamo reads DYN_SYSTEM_PORT as a signed 16-bit number; free_port stays below 32768."""
-    return free_port()
 
 
 def _runner(path: Path) -> tuple[Runner, io.StringIO]:

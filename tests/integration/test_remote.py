@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from automation.errors import RemoteCommandError
-from automation.remote import Host, HostUnreachableError, LocalHost, SSHHost, wait_until
+from automation.remote import Host, HostUnreachableError, LocalHost, SSHHost
 from tests.conftest import REPO
-from tests.services import NamespaceCluster, Sshd, SSHKeys, free_port
+from tests.services import NamespaceCluster, Sshd, SSHKeys, free_port, wait_for
 
 
 def _ssh(keys: SSHKeys, sshd: Sshd, known_hosts: Path, **kwargs: object) -> SSHHost:
@@ -89,7 +89,7 @@ def test_secrets_reach_the_process_but_no_command_line_or_error(host: Host, tmp_
         "secretive", 'echo "token=$HF_TOKEN"; sleep 60', directory, secret_env={"HF_TOKEN": "hf_s3cr3t value"}
     )
     try:
-        assert wait_until(lambda: "token=hf_s3cr3t value" in host.tail(process.log), 5)
+        wait_for(lambda: "token=hf_s3cr3t value" in host.tail(process.log), 5, what="the token in the log")
         listing = host.run("ps -eo args").stdout
         assert "hf_s3cr3t" not in listing
     finally:

@@ -179,7 +179,7 @@ def speed() -> None:
         argv = [
             sys.executable,
             "-m",
-            "automation.perfmodel.cli",
+            "automation",  # the real `autodeploy` entry point, imports included
             "configure",
             "--model",
             model,

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from automation.cli import main
 from automation.errors import InputError
-from automation.perfmodel.cli import add_configure_parser, add_estimate_parser, main_for_test
+from automation.perfmodel.cli import add_configure_parser, add_estimate_parser
 
 
 def _run(argv, capsys):
@@ -189,13 +190,11 @@ def test_bad_input_raises_input_error(capsys):
             ],
             capsys,
         )
-    assert main_for_test(["configure", "--model", "Qwen/Qwen3-8B", "--system", "x100", *CONFIGURE[5:]]) == 2
+    assert main(["configure", "--model", "Qwen/Qwen3-8B", "--system", "x100", *CONFIGURE[5:]]) == 2
     assert "unknown system 'x100'" in capsys.readouterr().err
 
 
 def test_configure_without_json_shows_tables_and_a_terminal_pareto_plot(capsys) -> None:
-    from automation.cli import main
-
     code = main(
         [
             "configure",

@@ -180,10 +180,10 @@ def _status(args: argparse.Namespace) -> int:
         if record.error:
             note = f"{record.error.get('message', '')} ({record.error.get('log', '')})"
         elif record.done and name in stages:
-            try:
-                note = stages[name].describe(record.outputs)
-            except (KeyError, TypeError, ValueError):  # a record from an older autodeploy
-                note = ""
+            from automation.contracts import recorded
+
+            outputs = recorded(stages[name].Outputs, record.outputs)
+            note = stages[name].describe(outputs) if outputs is not None else ""
         duration = format_seconds(record.duration_s) if record.duration_s is not None else ""
         finished = (record.finished_at or "")[11:19]  # the time of day; the date is in the title
         rows.append([name, record.status.value, record.attempts or "", duration, finished, note])

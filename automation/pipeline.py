@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import signal
 import time
 import traceback
@@ -19,6 +20,7 @@ from typing import Any
 
 from automation.config import PipelineConfig, resolved_yaml
 from automation.console import Console, StageDisplay
+from automation.contracts import StageOutputs, recorded
 from automation.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -126,6 +128,11 @@ def canonical_hash(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def new_run_uid(name: str) -> str:
+    """The pipeline's name and six random hex digits: readable in `docker ps`, unique per run directory."""
+    return f"{name}-{secrets.token_hex(3)}"
+
+
 def default_run_dir(config: PipelineConfig) -> Path:
     return config.run_dir or Path("autodeploy-runs") / config.name
 
@@ -151,6 +158,7 @@ class Runner:
         self.names = [stage.name for stage in self.stages]
         self.state_path = self.run_dir / STATE_FILE
         self._secrets = secret_values(config)
+        self.run_uid = ""  # set by load(): unique to the run directory
 
     # ----------------------------------------------------------------------------------- state
 
@@ -165,9 +173,30 @@ class Runner:
                 f"{self.run_dir} holds run '{state.run_id}', not '{self.config.name}'",
                 hint="give this pipeline its own --run-dir, or rename it back",
             )
+        if not state.run_uid:
+            state.run_uid = new_run_uid(self.config.name)
+        self.run_uid = state.run_uid
         for name in self.names:
             state.record(name)
         return state
+
+    def typed_outputs(self, state: RunState) -> dict[str, StageOutputs]:
+        """The outputs of every done stage, read back as its Outputs model.
+
+        A record that no longer fits its model (written by an older autodeploy) counts as not done.
+        """
+        typed: dict[str, StageOutputs] = {}
+        for stage in self.stages:
+            record = state.stages.get(stage.name)
+            if record is None or not record.done:
+                continue
+            outputs = recorded(stage.Outputs, record.outputs)
+            if outputs is None:
+                record.status = Status.PENDING
+                record.error = {"message": "recorded by an older autodeploy; runs again"}
+                continue
+            typed[stage.name] = outputs
+        return typed
 
     def save(self, state: RunState) -> None:
         save_state(self.state_path, state)
@@ -197,13 +226,18 @@ class Runner:
 
     # ------------------------------------------------------------------------------- decisions
 
-    def fingerprint(self, stage: Stage, outputs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
-        """Digests of what the stage depends on: its config slice and the outputs of the stages it needs."""
+    def fingerprint(self, stage: Stage, outputs: Mapping[str, StageOutputs]) -> dict[str, str]:
+        """Digests of what the stage depends on: its config slice and the identity of the outputs it needs.
+
+        Report fields (what was reused, where files were downloaded to) are not hashed: they change
+        nothing a later stage depends on.
+        """
         parts = {
             "settings": canonical_hash({"revision": stage.revision, "inputs": stage.inputs(self.config)})
         }
         for need in stage.needs:
-            parts[need] = canonical_hash(outputs.get(need))
+            found = outputs.get(need)
+            parts[need] = canonical_hash(found.identity() if found is not None else None)
         return parts
 
     def decide(
@@ -211,7 +245,7 @@ class Runner:
         stage: Stage,
         record: StageRecord,
         selection: Selection,
-        outputs: Mapping[str, Mapping[str, Any]],
+        outputs: Mapping[str, StageOutputs],
         will_run: set[str],
         display: StageDisplay | None = None,
     ) -> Decision:
@@ -240,7 +274,7 @@ class Runner:
         self,
         stage: Stage,
         record: StageRecord,
-        outputs: Mapping[str, Mapping[str, Any]],
+        outputs: Mapping[str, StageOutputs],
         display: StageDisplay | None,
     ) -> Check:
         ctx = self._context(stage, outputs, display or StageDisplay(None, stage.name, None), _quiet_logger())
@@ -253,7 +287,7 @@ class Runner:
         """What `run` would do now, and why; runs nothing (verify() probes are read-only)."""
         selection.validate(self.names)
         state = self.load()
-        outputs = {n: r.outputs for n, r in state.stages.items() if r.done}
+        outputs = self.typed_outputs(state)
         decisions, will_run = [], set()
         for stage in self.stages:
             decision = self.decide(stage, state.record(stage.name), selection, outputs, will_run)
@@ -279,7 +313,7 @@ class Runner:
                 record = state.record(stage.name)
                 # Decided against the outputs as they are now: a stage that just re-ran with the same
                 # outputs does not force the stages after it to run again.
-                outputs = {n: r.outputs for n, r in state.stages.items() if r.done}
+                outputs = self.typed_outputs(state)
                 decision = self.decide(stage, record, selection, outputs, will_run=set())
                 if decision.action == "leave":
                     continue
@@ -293,7 +327,7 @@ class Runner:
             return EXIT_OK
 
     def _run_stage(
-        self, stage: Stage, state: RunState, outputs: dict[str, Mapping[str, Any]], decision: Decision
+        self, stage: Stage, state: RunState, outputs: dict[str, StageOutputs], decision: Decision
     ) -> int:
         record = state.record(stage.name)
         parts = self.fingerprint(stage, outputs)
@@ -317,7 +351,11 @@ class Runner:
                     context = self._context(stage, outputs, display, log)
                     context.previous_status = previous_status
                     result = stage.run(context)
-                json.dumps(result)  # outputs must survive the state file; fail here, not on the next load
+                if not isinstance(result, stage.Outputs):
+                    raise TypeError(f"{stage.name}.run returned {type(result).__name__}, not its Outputs")
+                # Outputs must survive the state file: fail here, not on the next load.
+                record_outputs = result.record()
+                json.dumps(record_outputs)
             except KeyboardInterrupt:
                 log.warning("interrupted")
                 self._finish(state, record, Status.INTERRUPTED, started)
@@ -357,7 +395,7 @@ class Runner:
                 if self.debug:
                     self.console.err.print(trace)
                 return EXIT_FAILED
-            record.outputs = result
+            record.outputs = record_outputs
             self._finish(state, record, Status.DONE, started)
             log.info("done in %.2fs", record.duration_s or 0.0)
         self.console.stage_done(stage.name, record.duration_s or 0.0, stage.describe(result))
@@ -382,7 +420,7 @@ class Runner:
     def _context(
         self,
         stage: Stage,
-        outputs: Mapping[str, Mapping[str, Any]],
+        outputs: Mapping[str, StageOutputs],
         display: StageDisplay,
         log: logging.Logger,
     ) -> StageContext:
@@ -395,6 +433,7 @@ class Runner:
             log=log,
             display=display,
             outputs={n: outputs[n] for n in stage.needs if n in outputs},
+            run_id=self.run_uid,
         )
 
     @contextlib.contextmanager
@@ -424,11 +463,20 @@ class Runner:
     # ------------------------------------------------------------------------------------ down
 
     def down(self) -> int:
-        """Undo, in reverse order, what stages left running; safe to run twice and on a half-started run."""
+        """Undo, in reverse order, what stages left running; safe to run twice and on a half-started run.
+
+        Every teardown is tried even when an earlier one fails (a node that cannot be reached must not
+        leave the others running); each failure is reported, and the exit code is 1 if any failed.
+        """
         with self.lock():
             state = self.load()
-            outputs = {n: r.outputs for n, r in state.stages.items() if r.outputs}
-            stopped_any = False
+            outputs: dict[str, StageOutputs] = {}
+            for stage in self.stages:
+                record = state.stages.get(stage.name)
+                found = recorded(stage.Outputs, record.outputs) if record is not None else None
+                if found is not None:
+                    outputs[stage.name] = found
+            stopped_any, failures = False, 0
             for stage in reversed(self.stages):
                 record = state.record(stage.name)
                 if record.status == Status.PENDING or type(stage).teardown is Stage.teardown:
@@ -439,12 +487,38 @@ class Runner:
                     self.console.stage_running(stage.name) as display,
                 ):
                     log.info("=== %s teardown", stage.name)
-                    what = stage.teardown(self._context(stage, outputs, display, log), record)
+                    try:
+                        what = stage.teardown(self._context(stage, outputs, display, log), record)
+                    except AutodeployError as exc:
+                        failures += 1
+                        log.error("teardown failed: %s", exc)
+                        self.console.stage_note(
+                            stage.name,
+                            redact(f"could not stop: {exc.message} ({exc.hint})", self._secrets)
+                            if exc.hint
+                            else redact(f"could not stop: {exc.message}", self._secrets),
+                        )
+                        continue
+                    except Exception as exc:
+                        failures += 1
+                        trace = redact(traceback.format_exc(), self._secrets)
+                        log.error("teardown crashed:\n%s", trace)
+                        self.console.stage_note(
+                            stage.name,
+                            redact(f"could not stop: unexpected {type(exc).__name__}: {exc}", self._secrets),
+                        )
+                        continue
                 record.status = Status.STOPPED
                 self.save(state)
                 if what:
                     stopped_any = True
                     self.console.stage_note(stage.name, f"stopped: {what}")
+            if failures:
+                self.console.line(
+                    f"{failures} teardown(s) failed; fix what they name and run autodeploy down again",
+                    "bold red",
+                )
+                return EXIT_FAILED
             if not stopped_any:
                 self.console.line("nothing of this run is running")
             return EXIT_OK

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from automation.contracts import OutputsT, StageOutputs
 from automation.errors import StageError
 
 if TYPE_CHECKING:
@@ -43,29 +44,45 @@ class StageContext:
     run_dir: Path
     log: logging.Logger
     display: StageDisplay
-    outputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The outputs of the stages in `needs` that are done, typed.
+    outputs: Mapping[str, StageOutputs] = field(default_factory=dict)
     # How the stage's previous attempt ended ("pending" if none): a stage may keep partial work of an
     # interrupted or failed attempt, but a re-run after "done" (forced, or inputs changed) starts afresh.
     previous_status: str = "pending"
+    # Unique per run directory (state.json keeps it): names remote state and containers, so that two
+    # run directories of one pipeline never touch each other's processes.
+    run_id: str = ""
 
-    def output(self, stage: str) -> Mapping[str, Any]:
-        """The recorded outputs of an earlier stage this one declared in `needs`.
+    def output(self, kind: type[OutputsT]) -> OutputsT:
+        """The outputs of the earlier stage (declared in `needs`) whose outputs are of type `kind`.
 
         Raises:
             StageError: that stage has not completed in this run.
         """
+        stage = kind.stage
         if stage not in self.needs:
             raise AssertionError(f"stage {self.stage} reads {stage} without declaring it in needs")
-        if stage not in self.outputs:
-            raise StageError(
-                f"{self.stage} needs the results of {stage}, which has not completed in this run",
-                hint=f"autodeploy run {self.pipeline_file} --from {stage}",
-            )
-        return self.outputs[stage]
+        value = self.outputs.get(stage)
+        if isinstance(value, kind):
+            return value
+        raise StageError(
+            f"{self.stage} needs the results of {stage}, which has not completed in this run",
+            hint=f"autodeploy run {self.pipeline_file} --from {stage}",
+        )
 
     def path(self, *parts: str) -> Path:
         """A path inside the run directory."""
         return self.run_dir.joinpath(*parts)
+
+    @property
+    def remote_dir(self) -> str:
+        """This run's directory on every node, as written (`~` not expanded: Host.path resolves it)."""
+        return remote_run_dir(self.config, self.run_id)
+
+
+def remote_run_dir(config: PipelineConfig, run_id: str) -> str:
+    """<cluster.work_dir>/<run id>: unique per run directory, so two runs never share remote state."""
+    return f"{config.cluster.work_dir.rstrip('/')}/{run_id or config.name}"
 
 
 class Stage:
@@ -78,6 +95,8 @@ class Stage:
     name: ClassVar[str]
     summary: ClassVar[str]
     needs: ClassVar[tuple[str, ...]] = ()
+    # The typed outputs run() returns; later stages read them with ctx.output(<that type>).
+    Outputs: ClassVar[type[StageOutputs]]
     # Bump when a change to the stage alters what it produces, so that recorded runs of it re-run.
     revision: ClassVar[int] = 1
 
@@ -89,11 +108,11 @@ class Stage:
         """Is the recorded 'done' still true? The default trusts the record; live things must be probed."""
         return Check.still_valid("done, and its inputs are unchanged")
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
-        """Do the work and return JSON-able outputs for later stages; raise StageError on failure."""
+    def run(self, ctx: StageContext) -> StageOutputs:
+        """Do the work and return the stage's Outputs for later stages; raise StageError on failure."""
         raise NotImplementedError
 
-    def describe(self, outputs: Mapping[str, Any]) -> str:
+    def describe(self, outputs: Any) -> str:
         """A few words about the outputs for the ✓ line."""
         return ""
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from automation import __version__
 from automation.errors import StateError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: run_uid
 STATE_FILE = "state.json"
 
 
@@ -53,7 +53,10 @@ class RunState(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: int = SCHEMA_VERSION
-    run_id: str
+    run_id: str  # the pipeline's name
+    # Unique to this run directory, made once: names the run's remote directory, containers and etcd
+    # member, so that two run directories of one pipeline never touch each other's processes.
+    run_uid: str = ""
     pipeline_file: str
     pipeline_sha256: str
     autodeploy_version: str = __version__

@@ -205,7 +205,7 @@ def test_outputs_are_json_in_the_state_file(make_runner, calls_file) -> None:
     runner, _ = make_runner()
     runner.run(Selection())
     data = json.loads(runner.state_path.read_text())
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     assert data["stages"]["alpha"]["outputs"]["value"] == "alpha:1000"
     assert data["stages"]["alpha"]["input_digests"].keys() == {"settings"}
     assert data["stages"]["beta"]["input_digests"].keys() == {"settings", "alpha"}

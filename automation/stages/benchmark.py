@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from automation.config import PipelineConfig
+from automation.contracts import BenchmarkOutputs, ConfigureOutputs, LaunchOutputs
 from automation.errors import NotImplementedStageError, StageError
 from automation.stage import Stage, StageContext
 
@@ -40,6 +41,7 @@ class Benchmark(Stage):
     name = "benchmark"
     summary = "measure a concurrency sweep against the deployment"
     needs = ("configure", "launch")
+    Outputs = BenchmarkOutputs
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
         return {
@@ -49,28 +51,27 @@ class Benchmark(Stage):
             "model_path": config.model.path,
         }
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> BenchmarkOutputs:
         from automation.bench.client import run_level
         from automation.bench.metrics import summarize
         from automation.bench.prompts import PromptMaker, read_tokenizer
-        from automation.perfmodel import Plan
 
         config, bench = ctx.config, ctx.config.benchmark
         if bench.client == "aiperf":
             raise NotImplementedStageError(
                 "benchmark.client: aiperf is not implemented yet", hint="use benchmark.client: builtin"
             )
-        configure, launch = ctx.output("configure"), ctx.output("launch")
-        plan = Plan.from_dict(configure["plan"])
-        levels = concurrency_levels(bench.concurrency, configure["prediction"]["concurrency"])
-        deployment = hashlib.sha256(json.dumps(launch["processes"], sort_keys=True).encode()).hexdigest()[:16]
+        configure, launch = ctx.output(ConfigureOutputs), ctx.output(LaunchOutputs)
+        plan = configure.plan
+        levels = concurrency_levels(bench.concurrency, configure.prediction.concurrency)
+        deployment = hashlib.sha256(json.dumps(launch.processes, sort_keys=True).encode()).hexdigest()[:16]
         tokenizer = read_tokenizer(Path(config.model.path or ""))
         directory = ctx.path("bench")
         directory.mkdir(parents=True, exist_ok=True)
         results: dict[str, str] = {}
         # Levels measured by an interrupted or failed attempt against this same deployment are kept.
         resuming = ctx.previous_status in ("running", "interrupted", "failed")
-        ctx.log.info("levels %s against %s (%d GPUs)", levels, launch["frontend"], plan.total_gpus)
+        ctx.log.info("levels %s against %s (%d GPUs)", levels, launch.frontend, plan.total_gpus)
         for level in levels:
             path = directory / f"c{level}.json"
             if resuming and _measured_against(path, deployment):
@@ -82,7 +83,7 @@ class Benchmark(Stage):
             prompts = [maker.make(i) for i in range(warmup + measured)]
             progress = ctx.display.progress(f"c={level}: requests", total=warmup + measured)
             records = run_level(
-                launch["frontend"],
+                launch.frontend,
                 config.model.served_name or "",
                 prompts,
                 warmup,
@@ -110,10 +111,10 @@ class Benchmark(Stage):
                     hint="see bench/c{level}.json and the node logs; fix the deployment and rerun",
                 )
             results[str(level)] = str(path.relative_to(ctx.run_dir))
-        return {"levels": levels, "files": results, "gpus": plan.total_gpus, "deployment": deployment}
+        return BenchmarkOutputs(levels=levels, files=results, gpus=plan.total_gpus, deployment=deployment)
 
-    def describe(self, outputs: Mapping[str, Any]) -> str:
-        return f"{len(outputs['levels'])} levels (c = {', '.join(map(str, outputs['levels']))}) in bench/"
+    def describe(self, outputs: BenchmarkOutputs) -> str:
+        return f"{len(outputs.levels)} levels (c = {', '.join(map(str, outputs.levels))}) in bench/"
 
 
 def _measured_against(path: Path, deployment: str) -> bool:

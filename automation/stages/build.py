@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from automation.config import PipelineConfig
+from automation.contracts import BuildOutputs, recorded
 from automation.errors import NotImplementedStageError, StageError
 from automation.remote import host_for
 from automation.stage import Check, Stage, StageContext
@@ -23,6 +24,7 @@ class Build(Stage):
     name = "build"
     summary = "put the Dynamo/TRT-LLM image on every node"
     needs = ()
+    Outputs = BuildOutputs
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
         return {
@@ -31,14 +33,12 @@ class Build(Stage):
             "nodes": [node.host for node in config.cluster.nodes],
         }
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> BuildOutputs:
         config = ctx.config
         if config.launch.runtime == "host":
-            return {
-                "image": None,
-                "images": {},
-                "why": "launch.runtime is host: node scripts run without a container",
-            }
+            return BuildOutputs(
+                image=None, images={}, why="launch.runtime is host: node scripts run without a container"
+            )
         source = config.dynamo.image_source
         if source in ("build", "load"):
             raise NotImplementedStageError(
@@ -63,21 +63,22 @@ class Build(Stage):
                 images[node.name] = engine.image_id(image)
             finally:
                 engine.close()
-        return {"image": image, "images": images}
+        return BuildOutputs(image=image, images=images)
 
     def verify(self, ctx: StageContext, record: StageRecord) -> Check:
-        if not record.outputs.get("image"):
+        outputs = recorded(BuildOutputs, record.outputs)
+        if outputs is None or not outputs.image:
             return Check.still_valid("no image needed (launch.runtime: host)")
         from automation.docker_engine import DockerEngine
 
         for node in ctx.config.cluster.nodes:
             engine = DockerEngine(host_for(ctx.config, node))
             try:
-                if not engine.image_present(record.outputs["image"]):
+                if not engine.image_present(outputs.image):
                     return Check.stale(f"the image is no longer on {node.name}")
             finally:
                 engine.close()
         return Check.still_valid("image present on every node")
 
-    def describe(self, outputs: Mapping[str, Any]) -> str:
-        return outputs.get("image") or "no image (host runtime)"
+    def describe(self, outputs: BuildOutputs) -> str:
+        return outputs.image or "no image (host runtime)"

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from automation.config import Node, PipelineConfig
+from automation.contracts import CheckpointOutputs, NodeInventory, recorded
 from automation.errors import InputError, StageError
 from automation.redact import hub_token
 from automation.remote import Host, LocalHost, host_for
@@ -122,6 +123,7 @@ class Checkpoint(Stage):
     name = "checkpoint"
     summary = "download and verify the checkpoint on the nodes"
     needs = ()
+    Outputs = CheckpointOutputs
     revision = 2
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
@@ -135,18 +137,19 @@ class Checkpoint(Stage):
             "nodes": [node.host for node in config.cluster.nodes],
         }
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> CheckpointOutputs:
         config = ctx.config
         nodes = config.cluster.nodes[:1] if config.checkpoint.shared_filesystem else config.cluster.nodes
-        outputs: dict[str, Any] = {"path": config.model.path, "source": config.checkpoint.source}
+        hub: dict[str, Any] = {}
         if config.checkpoint.source == "hub":
-            outputs.update(self._from_hub(ctx, nodes))
-        inventory: dict[str, dict[str, int]] = {}
+            hub = self._from_hub(ctx, nodes)
+        inventory: dict[str, NodeInventory] = {}
         for node in nodes:
             ctx.display.status(f"checking {node.name}")
-            inventory[node.name or ""] = self._inventory(config, node)
-        outputs["nodes"] = inventory
-        return outputs
+            inventory[node.name or ""] = NodeInventory(**self._inventory(config, node))
+        return CheckpointOutputs(
+            path=config.model.path, source=config.checkpoint.source, nodes=inventory, **hub
+        )
 
     def _from_hub(self, ctx: StageContext, nodes: list[Node]) -> dict[str, Any]:
         config = ctx.config
@@ -230,10 +233,14 @@ class Checkpoint(Stage):
 
     def verify(self, ctx: StageContext, record: StageRecord) -> Check:
         config = ctx.config
+        outputs = recorded(CheckpointOutputs, record.outputs)
+        if outputs is None:
+            return Check.stale("nothing recorded")
         for node in config.cluster.nodes:
-            expected = record.outputs.get("nodes", {}).get(node.name)
-            if expected is None:
+            known = outputs.nodes.get(node.name or "")
+            if known is None:
                 continue
+            expected = known.model_dump()
             try:
                 found = self._inventory(config, node)
             except StageError as exc:
@@ -242,10 +249,10 @@ class Checkpoint(Stage):
                 return Check.stale(f"the files at {config.model.path} on {node.name} changed")
         return Check.still_valid(f"checkpoint present at {config.model.path}")
 
-    def describe(self, outputs: Mapping[str, Any]) -> str:
-        counts = {name: info["files"] for name, info in outputs.get("nodes", {}).items()}
-        origin = f"{outputs['repo']}@{outputs['commit'][:8]} → " if outputs.get("commit") else ""
-        return f"{origin}{outputs.get('path')} ({', '.join(f'{n}: {c} files' for n, c in counts.items())})"
+    def describe(self, outputs: CheckpointOutputs) -> str:
+        counts = {name: info.files for name, info in outputs.nodes.items()}
+        origin = f"{outputs.repo}@{outputs.commit[:8]} → " if outputs.commit else ""
+        return f"{origin}{outputs.path} ({', '.join(f'{n}: {c} files' for n, c in counts.items())})"
 
     def _inventory(self, config: PipelineConfig, node: Any) -> dict[str, int]:
         host = host_for(config, node)

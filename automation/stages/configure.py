@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from automation.config import PipelineConfig
+from automation.contracts import ConfigureOutputs
 from automation.errors import StageError
 from automation.stage import Stage, StageContext
 
@@ -54,6 +55,7 @@ class Configure(Stage):
     name = "configure"
     summary = "sweep the performance model, pick the best config under the SLA"
     needs = ()
+    Outputs = ConfigureOutputs
     revision = 2
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
@@ -67,7 +69,7 @@ class Configure(Stage):
             "gpus_per_node": [node.gpus for node in config.cluster.nodes],
         }
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> ConfigureOutputs:
         from automation.perfmodel import estimate, search
         from automation.perfmodel.report import write_search_report
 
@@ -114,23 +116,20 @@ class Configure(Stage):
                 hint="lower engine.max_batch_size / max_num_tokens or raise free_gpu_memory_fraction",
             )
         ctx.log.info("picked %s: %s", result.winner, json.dumps(plan.to_dict()))
-        return {
-            "mode": plan.mode,
-            "plan": plan.to_dict(),
-            "prediction": prediction.to_dict(),
-            "tokens_per_s_per_gpu_cluster": best.tokens_per_s_per_gpu_cluster,
-            "winner": result.winner,
-            "top": {mode: [c.to_row() for c in candidates] for mode, candidates in result.top.items()},
-            "report": "configure",
-        }
+        return ConfigureOutputs(
+            mode=plan.mode,
+            plan=plan,
+            prediction=prediction,
+            tokens_per_s_per_gpu_cluster=best.tokens_per_s_per_gpu_cluster,
+            winner=result.winner,
+            top={mode: [c.to_row() for c in candidates] for mode, candidates in result.top.items()},
+            report_dir="configure",
+        )
 
-    def describe(self, outputs: Mapping[str, Any]) -> str:
-        from automation.perfmodel import Plan
-
-        plan = Plan.from_dict(outputs["plan"])
-        prediction = outputs["prediction"]
+    def describe(self, outputs: ConfigureOutputs) -> str:
+        plan, prediction = outputs.plan, outputs.prediction
         return (
             f"{plan.mode}: {plan.replicas} replica(s) of {plan.layout()}; predicted "
-            f"{outputs['tokens_per_s_per_gpu_cluster']:.0f} tok/s/gpu, TTFT {prediction['ttft_ms']:.0f} ms, "
-            f"TPOT {prediction['tpot_ms']:.1f} ms"
+            f"{outputs.tokens_per_s_per_gpu_cluster:.0f} tok/s/gpu, TTFT {prediction.ttft_ms:.0f} ms, "
+            f"TPOT {prediction.tpot_ms:.1f} ms"
         )

@@ -15,6 +15,7 @@ import jinja2
 import yaml
 
 from automation.config import PipelineConfig
+from automation.contracts import ConfigureOutputs, GenerateOutputs, recorded
 from automation.engine_config import (
     TrtllmFamily,
     check_extra,
@@ -24,10 +25,11 @@ from automation.engine_config import (
     trtllm_family,
     versions_data,
 )
-from automation.errors import InputError, StageError
+from automation.errors import InputError
 from automation.perfmodel.plan import Plan, RolePlan
 from automation.placement import NodeSpec, Placement, Worker, assign_ports, place
 from automation.stage import Check, Stage, StageContext
+from automation.state import StageRecord
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 HEALTH_STATUS = '["generate"]'
@@ -527,6 +529,7 @@ class Generate(Stage):
     name = "generate"
     summary = "render engine configs, node scripts and the Kubernetes manifest"
     needs = ("configure",)
+    Outputs = GenerateOutputs
     revision = 2  # 2: mocker profiles carry the per-step overheads of the prediction
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
@@ -553,33 +556,29 @@ class Generate(Stage):
             ),
         }
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
-        recorded = ctx.output("configure")
-        if "plan" not in recorded:
-            raise StageError(
-                "the configure stage recorded no plan",
-                hint=f"autodeploy run {ctx.pipeline_file} --from configure",
-            )
-        plan = Plan.from_dict(dict(recorded["plan"]))
+    def run(self, ctx: StageContext) -> GenerateOutputs:
+        plan = ctx.output(ConfigureOutputs).plan
         generator = Generator(ctx.config, plan)
         files = generator.render()
         directory = ctx.path("generated")
         write_files(directory, files)
         for rel in files:
             ctx.log.info("wrote generated/%s", rel)
-        return {
-            "dir": "generated",
-            "files": {rel: _sha256(data) for rel, data in files.items()},
-            "placement": "generated/placement.json",
-            "nodes": sum(1 for rel in files if rel.startswith("node_") and rel.endswith("_run.sh")),
-            "workers": len(generator.placement.workers),
-            "engine": ctx.config.launch.engine,
-        }
+        return GenerateOutputs(
+            dir="generated",
+            files={rel: _sha256(data) for rel, data in files.items()},
+            placement="generated/placement.json",
+            nodes=sum(1 for rel in files if rel.startswith("node_") and rel.endswith("_run.sh")),
+            workers=len(generator.placement.workers),
+            engine=ctx.config.launch.engine,
+        )
 
-    def verify(self, ctx: StageContext, record: Any) -> Check:
-        outputs = record.outputs or {}
-        base = ctx.path(str(outputs.get("dir", "generated")))
-        for rel, digest in sorted(dict(outputs.get("files", {})).items()):
+    def verify(self, ctx: StageContext, record: StageRecord) -> Check:
+        outputs = recorded(GenerateOutputs, record.outputs)
+        if outputs is None:
+            return Check.stale("no files recorded")
+        base = ctx.path(outputs.dir)
+        for rel, digest in sorted(outputs.files.items()):
             path = base / rel
             if not path.is_file():
                 return Check.stale(f"generated/{rel} is missing")
@@ -587,9 +586,8 @@ class Generate(Stage):
                 return Check.stale(f"generated/{rel} changed")
         return Check.still_valid("files match their hashes")
 
-    def describe(self, outputs: Mapping[str, Any]) -> str:
-        nodes, workers = outputs.get("nodes", 0), outputs.get("workers", 0)
-        engine = outputs.get("engine", "")
+    def describe(self, outputs: GenerateOutputs) -> str:
+        nodes, workers, engine = outputs.nodes, outputs.workers, outputs.engine
         node_word = "node" if nodes == 1 else "nodes"
         worker_word = "worker" if workers == 1 else "workers"
         return f"{nodes} {node_word}, {workers} {worker_word}" + (f", {engine}" if engine else "")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from automation.config import PipelineConfig
+from automation.contracts import InfraOutputs, recorded
 from automation.errors import StageError
 from automation.remote import Detached, Host, host_for
 from automation.stage import Check, Stage, StageContext
@@ -207,6 +208,7 @@ class Infra(Stage):
     name = "infra"
     summary = "start etcd and NATS on node 0"
     needs = ()
+    Outputs = InfraOutputs
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
         head = config.head
@@ -216,7 +218,7 @@ class Infra(Stage):
             "run_directory": run_directory(config),
         }
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> InfraOutputs:
         config = ctx.config
         head = host_for(config, config.head)
         try:
@@ -248,14 +250,14 @@ class Infra(Stage):
         finally:
             head.close()
         address = config.head.address
-        return {
-            "runtime": config.infra.runtime,
-            "node": config.head.name,
-            "etcd_endpoint": f"http://{address}:{config.infra.etcd_port}",
-            "nats_server": f"nats://{address}:{config.infra.nats_port}",
-            "handles": handles,
-            "reused": reused,
-        }
+        return InfraOutputs(
+            runtime=config.infra.runtime,
+            node=config.head.name or "",
+            etcd_endpoint=f"http://{address}:{config.infra.etcd_port}",
+            nats_server=f"nats://{address}:{config.infra.nats_port}",
+            handles=handles,
+            reused=reused,
+        )
 
     def verify(self, ctx: StageContext, record: StageRecord) -> Check:
         for service in services(ctx.config):
@@ -264,19 +266,21 @@ class Infra(Stage):
         head = host_for(ctx.config, ctx.config.head)
         try:
             runtime = self._runtime(ctx.config, head)
-            for name, handle in record.outputs.get("handles", {}).items():
+            outputs = recorded(InfraOutputs, record.outputs)
+            for name, handle in (outputs.handles if outputs else {}).items():
                 if not runtime.alive(handle):
                     return Check.stale(f"{name} is healthy but is no longer the one this run started")
         finally:
             head.close()
         return Check.still_valid("etcd and NATS healthy")
 
-    def describe(self, outputs: Mapping[str, Any]) -> str:
-        reused = f" (reused {', '.join(outputs['reused'])})" if outputs.get("reused") else ""
-        return f"{outputs['etcd_endpoint']}  {outputs['nats_server']}  [{outputs['runtime']}]{reused}"
+    def describe(self, outputs: InfraOutputs) -> str:
+        reused = f" (reused {', '.join(outputs.reused)})" if outputs.reused else ""
+        return f"{outputs.etcd_endpoint}  {outputs.nats_server}  [{outputs.runtime}]{reused}"
 
     def teardown(self, ctx: StageContext, record: StageRecord) -> str | None:
-        handles = record.outputs.get("handles", {})
+        outputs = recorded(InfraOutputs, record.outputs)
+        handles = outputs.handles if outputs else {}
         config = ctx.config
         head = host_for(config, config.head)
         try:

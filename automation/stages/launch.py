@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from automation.config import PipelineConfig
+from automation.contracts import BuildOutputs, GenerateOutputs, LaunchOutputs, recorded
 from automation.errors import StageError
 from automation.redact import hub_token
 from automation.remote import Detached, Host, host_for
@@ -85,8 +86,8 @@ def smoke_request(frontend: str, served_name: str) -> tuple[bool, str]:
 
 
 def load_placement(ctx: StageContext) -> dict[str, Any]:
-    generated = ctx.output("generate")
-    return json.loads((ctx.run_dir / generated["placement"]).read_text())
+    generated = ctx.output(GenerateOutputs)
+    return dict(json.loads((ctx.run_dir / generated.placement).read_text()))
 
 
 class Launch(Stage):
@@ -102,6 +103,7 @@ class Launch(Stage):
     name = "launch"
     summary = "start the node scripts and wait until every worker serves"
     needs = ("generate", "build", "checkpoint", "infra")
+    Outputs = LaunchOutputs
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
         return {
@@ -111,11 +113,11 @@ class Launch(Stage):
             "run_directory": run_directory(config),
         }
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> LaunchOutputs:
         config = ctx.config
         placement = load_placement(ctx)
-        generated = ctx.output("generate")
-        files_digest = _digest(generated.get("files", {}))
+        generated = ctx.output(GenerateOutputs)
+        files_digest = _digest(generated.files)
         remote_dir = run_directory(config) + "/generated"
         frontend = placement["frontend"]["url"]
         busy = [node["index"] for node in placement["nodes"] if node["script"]]
@@ -135,9 +137,7 @@ class Launch(Stage):
                 host.put(ctx.path("generated"), directory)
                 host.run(f"echo {files_digest} > {shlex.quote(directory)}/.launched-files")
                 script = placement["nodes"][index]["script"]
-                command = node_command(
-                    config, host, directory, script, index, ctx.output("build").get("image")
-                )
+                command = node_command(config, host, directory, script, index, ctx.output(BuildOutputs).image)
                 processes[index] = started[index] = host.start_detached(
                     f"node_{index}", command, directory, secret_env=_secret_env(config)
                 )
@@ -161,36 +161,38 @@ class Launch(Stage):
         self._collect_logs(ctx, hosts, processes)
         for host in hosts.values():
             host.close()
-        return {
-            "frontend": frontend,
-            "remote_dir": remote_dir,
-            "processes": {str(i): p.to_dict() for i, p in processes.items()},
-            "expected_instances": placement["expected_instances"],
-            "reused_nodes": sorted(set(processes) - set(started)),
-        }
+        return LaunchOutputs(
+            frontend=frontend,
+            remote_dir=remote_dir,
+            processes={str(i): p.to_dict() for i, p in processes.items()},
+            expected_instances=placement["expected_instances"],
+            reused_nodes=sorted(set(processes) - set(started)),
+        )
 
     def verify(self, ctx: StageContext, record: StageRecord) -> Check:
-        outputs = record.outputs
-        for index, data in outputs.get("processes", {}).items():
+        outputs = recorded(LaunchOutputs, record.outputs)
+        if outputs is None:
+            return Check.stale("nothing recorded")
+        for index, data in outputs.processes.items():
             host = host_for(ctx.config, ctx.config.cluster.nodes[int(index)])
             try:
                 if not host.alive(Detached.from_dict(data)):
                     return Check.stale(f"the node script on {host.name} is no longer running")
             finally:
                 host.close()
-        readiness = probe_frontend(outputs["frontend"], ctx.config.model.served_name or "")
-        for component, expected in outputs.get("expected_instances", {}).items():
+        readiness = probe_frontend(outputs.frontend, ctx.config.model.served_name or "")
+        for component, expected in outputs.expected_instances.items():
             if readiness.count(component) != expected:
                 return Check.stale(
                     f"{readiness.count(component)}/{expected} {component} instances registered"
                 )
-        total = sum(outputs.get("expected_instances", {}).values())
-        return Check.still_valid(f"{total} workers serving at {outputs['frontend']}")
+        total = sum(outputs.expected_instances.values())
+        return Check.still_valid(f"{total} workers serving at {outputs.frontend}")
 
-    def describe(self, outputs: Mapping[str, Any]) -> str:
-        total = sum(outputs.get("expected_instances", {}).values())
-        reused = f", reused on nodes {outputs['reused_nodes']}" if outputs.get("reused_nodes") else ""
-        return f"{total} workers serving at {outputs['frontend']}{reused}"
+    def describe(self, outputs: LaunchOutputs) -> str:
+        total = sum(outputs.expected_instances.values())
+        reused = f", reused on nodes {outputs.reused_nodes}" if outputs.reused_nodes else ""
+        return f"{total} workers serving at {outputs.frontend}{reused}"
 
     def teardown(self, ctx: StageContext, record: StageRecord) -> str | None:
         """Stop every node script (TERM, then KILL), then revoke the etcd leases of workers that did not deregister."""
@@ -200,10 +202,11 @@ class Launch(Stage):
         for index, node in enumerate(config.cluster.nodes):
             host = host_for(config, node)
             try:
-                recorded = record.outputs.get("processes", {}).get(str(index))
+                known = recorded(LaunchOutputs, record.outputs)
+                process_data = known.processes.get(str(index)) if known else None
                 process = (
-                    Detached.from_dict(recorded)
-                    if recorded
+                    Detached.from_dict(process_data)
+                    if process_data
                     else self._from_pid_file(host, host.expand(remote_dir), index)
                 )
                 if process is not None and host.stop(process, grace_s=15) != "not running":

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from automation.config import PipelineConfig
+from automation.contracts import BenchmarkOutputs, ConfigureOutputs, SummarizeOutputs
 from automation.stage import Stage, StageContext
 
 # (measured key in a level summary, prediction field, label, unit, format)
@@ -179,18 +180,17 @@ class Summarize(Stage):
     name = "summarize"
     summary = "compare measured with predicted: tables, plots, report"
     needs = ("configure", "benchmark")
+    Outputs = SummarizeOutputs
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
         return {"sla": config.sla.model_dump()}
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
-        from automation.perfmodel import Plan
-
-        configure, benchmark = ctx.output("configure"), ctx.output("benchmark")
-        plan = Plan.from_dict(configure["plan"])
+    def run(self, ctx: StageContext) -> SummarizeOutputs:
+        configure, benchmark = ctx.output(ConfigureOutputs), ctx.output(BenchmarkOutputs)
+        plan = configure.plan
         levels = [
-            json.loads((ctx.run_dir / benchmark["files"][str(c)]).read_text())["summary"]
-            for c in benchmark["levels"]
+            json.loads((ctx.run_dir / benchmark.files[str(c)]).read_text())["summary"]
+            for c in benchmark.levels
         ]
         rows = compare(levels, plan)
         directory = ctx.path("report")
@@ -199,33 +199,33 @@ class Summarize(Stage):
         frontier = (
             json.loads(search.read_text()).get("frontier", {}).get(plan.mode, []) if search.exists() else []
         )
-        design = round(configure["prediction"]["concurrency"])
+        design = round(configure.prediction.concurrency)
         plan_text = f"{plan.mode}, {plan.replicas} replica(s) of {plan.layout()}"
         (directory / "summary.md").write_text(markdown(ctx.config, plan_text, rows, design))
         (directory / "summary.json").write_text(
-            json.dumps({"plan": configure["plan"], "design_concurrency": design, "rows": rows}, indent=2)
+            json.dumps({"plan": plan.to_dict(), "design_concurrency": design, "rows": rows}, indent=2)
         )
         title = f"{ctx.config.name}: {plan_text}"
-        curve = predicted_curve(plan, max(max(benchmark["levels"]), design))
+        curve = predicted_curve(plan, max(max(benchmark.levels), design))
         limits = {"ttft_ms": ctx.config.sla.ttft_ms, "tpot_ms": ctx.config.sla.tpot_ms}
         files = ["summary.md", "summary.json", *plot(rows, frontier, directory, title, curve, limits)]
         self._log_table(ctx, rows)
         at_design = next((r for r in rows if r["concurrency"] == design), rows[-1])
-        return {
-            "files": [f"report/{name}" for name in files],
-            "design_concurrency": design,
-            "at_design": {k: v for k, v in at_design.items() if not k.endswith("_p90_ms")},
-            "meets_sla": bool(
+        return SummarizeOutputs(
+            files=[f"report/{name}" for name in files],
+            design_concurrency=design,
+            at_design={k: v for k, v in at_design.items() if not k.endswith("_p90_ms")},
+            meets_sla=bool(
                 at_design["ttft_ms_measured"] is not None
                 and at_design["ttft_ms_measured"] <= ctx.config.sla.ttft_ms
                 and at_design["tpot_ms_measured"] is not None
                 and at_design["tpot_ms_measured"] <= ctx.config.sla.tpot_ms
             ),
-        }
+        )
 
-    def describe(self, outputs: Mapping[str, Any]) -> str:
-        d = outputs["at_design"]
-        sla = "meets the SLA" if outputs["meets_sla"] else "misses the SLA"
+    def describe(self, outputs: SummarizeOutputs) -> str:
+        d = outputs.at_design
+        sla = "meets the SLA" if outputs.meets_sla else "misses the SLA"
         return (
             f"at c={d['concurrency']}: TTFT {d['ttft_ms_measured']:.0f} ms "
             f"({_percent(d['ttft_ms_error'])}), TPOT {d['tpot_ms_measured']:.2f} ms ({_percent(d['tpot_ms_error'])}), "

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from automation.config import PipelineConfig
+from automation.contracts import StageOutputs, report
 from automation.errors import StageError
 from automation.stage import Check, Stage, StageContext
 from automation.state import StageRecord
@@ -27,10 +28,22 @@ def _env_stage(variable: str) -> tuple[str, str]:
     return name, arg
 
 
+class RecordingOutputs(StageOutputs):
+    value: str
+    upstream: dict[str, str]
+    # A report field: differs on every run, and must not make the stages after it run again.
+    ran_at: float = report(0.0, description="when the stage ran")
+
+
+def _outputs_of(stage: str) -> type[RecordingOutputs]:
+    return type(f"{stage.title()}Outputs", (RecordingOutputs,), {"stage": stage})
+
+
 class _Recording(Stage):
     summary = "test stage"
+    Outputs = RecordingOutputs
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> RecordingOutputs:
         calls = os.environ.get("AUTODEPLOY_TEST_CALLS")
         if calls:
             with Path(calls).open("a") as handle:
@@ -45,8 +58,10 @@ class _Recording(Stage):
         if _env_stage("AUTODEPLOY_TEST_CRASH")[0] == self.name:
             raise ZeroDivisionError("told to crash")
         ctx.log.info("secret in a log line: %s", os.environ.get("HF_TOKEN", ""))
-        upstream = {need: ctx.output(need).get("value") for need in self.needs}
-        return {"value": f"{self.name}:{self.result(ctx.config)}", "upstream": upstream}
+        upstream = {need: ctx.output(OUTPUTS[need]).value for need in self.needs}
+        return self.Outputs(
+            value=f"{self.name}:{self.result(ctx.config)}", upstream=upstream, ran_at=time.time()
+        )
 
     def result(self, config: PipelineConfig) -> str:
         return str(config.workload.isl)
@@ -56,12 +71,13 @@ class _Recording(Stage):
             return Check.stale("told to be stale")
         return Check.still_valid("still fine")
 
-    def describe(self, outputs: Mapping[str, Any]) -> str:
-        return str(outputs.get("value", ""))
+    def describe(self, outputs: RecordingOutputs) -> str:
+        return outputs.value
 
 
 class Alpha(_Recording):
     name = "alpha"
+    Outputs = _outputs_of("alpha")
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
         return {"isl": config.workload.isl}
@@ -69,6 +85,7 @@ class Alpha(_Recording):
 
 class Beta(_Recording):
     name = "beta"
+    Outputs = _outputs_of("beta")
     needs = ("alpha",)
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
@@ -77,6 +94,7 @@ class Beta(_Recording):
 
 class Gamma(_Recording):
     name = "gamma"
+    Outputs = _outputs_of("gamma")
     needs = ("beta",)
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
@@ -90,7 +108,9 @@ class Delta(_Recording):
     """Depends on alpha only: a change to beta's inputs must not re-run it."""
 
     name = "delta"
+    Outputs = _outputs_of("delta")
     needs = ("alpha",)
 
 
+OUTPUTS = {stage.name: stage.Outputs for stage in (Alpha, Beta, Gamma, Delta)}
 TEST_STAGES: tuple[type[Stage], ...] = (Alpha, Beta, Gamma, Delta)

@@ -78,6 +78,7 @@ class Host(ABC):
     def __init__(self, name: str, address: str) -> None:
         self.name = name
         self.address = address
+        self._home: str | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name}, {self.address})"
@@ -162,14 +163,34 @@ class Host(ABC):
         """The last lines of a file on the host ('' if it does not exist)."""
         return self.run(f"tail -n {lines} {shlex.quote(path)} 2>/dev/null", check=False, timeout=30).stdout
 
-    def expand(self, path: str) -> str:
-        """A path with ~ expanded for the login user of this host."""
-        if not path.startswith("~"):
+    def path(self, path: str) -> str:
+        """`path` as this host's processes must see it: a leading `~` or `~/` becomes the login user's home.
+
+        The home directory is asked once per host and kept, so every path of a run resolves the same way
+        (a quoted `~` would otherwise reach etcd, rm and mkdir as a literal directory named `~`).
+        """
+        if path != "~" and not path.startswith("~/"):
+            if path.startswith("~"):
+                raise StageError(
+                    f"{path}: only ~ and ~/ are understood in node paths (not ~user)",
+                    hint="give an absolute path in cluster.work_dir / model.path",
+                    host=self.name,
+                )
             return path
-        return (
-            self.run(f"echo {path.split('/', 1)[0]}", timeout=30).stdout.strip()
-            + path[len(path.split("/", 1)[0]) :]
-        )
+        if self._home is None:
+            home = self.run('printf %s "$HOME"', timeout=30).stdout.strip()
+            if not home.startswith("/"):
+                raise StageError(
+                    f"{self.name}: the login user's home directory is unknown ($HOME is '{home}')",
+                    hint="give an absolute cluster.work_dir",
+                    host=self.name,
+                )
+            self._home = home.rstrip("/") or "/"
+        return self._home + path[1:]
+
+    def expand(self, path: str) -> str:
+        """Alias of path(), kept for the callers that still use it."""
+        return self.path(path)
 
 
 class LocalHost(Host):

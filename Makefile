@@ -6,7 +6,7 @@ STAMP := $(VENV)/.bootstrapped
 DYNAMO_VENV ?= .venv-dynamo
 DYNAMO_STAMP := $(DYNAMO_VENV)/.dynamo-1.6.1
 
-.PHONY: demo test lint bootstrap clean
+.PHONY: demo test test-unit lint bootstrap clean
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh scripts/system-packages.txt
 	scripts/bootstrap.sh $(VENV)
@@ -31,7 +31,12 @@ demo: $(STAMP) $(DYNAMO_STAMP) $(REHEARSAL_MODEL)/config.json
 test: $(STAMP) $(DYNAMO_STAMP)
 	$(VENV)/bin/ruff check automation tests
 	$(VENV)/bin/ruff format --check automation tests
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
+
+# The unit tier alone (no services, no root): under a minute.
+test-unit: $(STAMP)
+	$(VENV)/bin/pytest -m unit
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix automation tests

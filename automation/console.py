@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from rich.console import Console as RichConsole
-from rich.console import RenderableType
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -21,6 +20,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.progress_bar import ProgressBar
 from rich.text import Text
 
 NAME_WIDTH = 11
@@ -29,12 +29,12 @@ NAME_WIDTH = 11
 class _BarWhenCounted(BarColumn):
     """A bar only for tasks with a total; the stage's own spinner line has none."""
 
-    def render(self, task: Task) -> RenderableType:
+    def render(self, task: Task) -> ProgressBar | Text:  # type: ignore[override]  # blank when uncounted
         return Text("") if task.total is None else super().render(task)
 
 
 class _CountWhenCounted(MofNCompleteColumn):
-    def render(self, task: Task) -> RenderableType:
+    def render(self, task: Task) -> Text:
         return Text("") if task.total is None else super().render(task)
 
 

@@ -288,7 +288,8 @@ class Runner:
         selection.validate(self.names)
         state = self.load()
         outputs = self.typed_outputs(state)
-        decisions, will_run = [], set()
+        decisions: list[Decision] = []
+        will_run: set[str] = set()
         for stage in self.stages:
             decision = self.decide(stage, state.record(stage.name), selection, outputs, will_run)
             if decision.action == "run":
@@ -344,62 +345,71 @@ class Runner:
         record.log = str(log_path.relative_to(self.run_dir))
         self.save(state)
         started = time.monotonic()
-        with self._stage_log(stage.name, log_path) as log:
-            log.info("=== %s attempt %d (%s)", stage.name, record.attempts, decision.reason)
-            try:
-                with self.console.stage_running(stage.name) as display:
-                    context = self._context(stage, outputs, display, log)
-                    context.previous_status = previous_status
-                    result = stage.run(context)
-                if not isinstance(result, stage.Outputs):
-                    raise TypeError(f"{stage.name}.run returned {type(result).__name__}, not its Outputs")
-                # Outputs must survive the state file: fail here, not on the next load.
-                record_outputs = result.record()
-                json.dumps(record_outputs)
-            except KeyboardInterrupt:
-                log.warning("interrupted")
-                self._finish(state, record, Status.INTERRUPTED, started)
-                self.console.stage_interrupted(stage.name, self._resume_hint())
-                return EXIT_INTERRUPTED
-            except AutodeployError as exc:
-                log.error("failed: %s", exc)
-                for key, value in getattr(exc, "details", {}).items():
-                    log.error("  %s: %s", key, value)
-                record.error = self._error_record(exc, log_path)
-                self._finish(state, record, Status.FAILED, started)
-                self.console.stage_failed(
-                    stage.name,
-                    time.monotonic() - started,
-                    redact(exc.message, self._secrets),
-                    redact(exc.hint, self._secrets),
-                    self._shown(log_path),
-                    self._resume_hint(),
-                )
-                return exc.exit_code
-            except Exception as exc:
-                crash = self.run_dir / "logs" / "crash.log"
-                trace = redact(traceback.format_exc(), self._secrets)
-                with crash.open("a") as handle:
-                    handle.write(f"--- {now()} {stage.name}\n{trace}\n")
-                log.error("unexpected error:\n%s", trace)
-                record.error = self._error_record(exc, crash)
-                self._finish(state, record, Status.FAILED, started)
-                self.console.stage_failed(
-                    stage.name,
-                    time.monotonic() - started,
-                    redact(f"unexpected {type(exc).__name__}: {exc}", self._secrets),
-                    "this is a bug in autodeploy; the traceback is in the crash log (--debug prints it)",
-                    self._shown(crash),
-                    self._resume_hint(),
-                )
-                if self.debug:
-                    self.console.err.print(trace)
-                return EXIT_FAILED
-            record.outputs = record_outputs
-            self._finish(state, record, Status.DONE, started)
-            log.info("done in %.2fs", record.duration_s or 0.0)
-        self.console.stage_done(stage.name, record.duration_s or 0.0, stage.describe(result))
-        return EXIT_OK
+        try:
+            with self._stage_log(stage.name, log_path) as log:
+                log.info("=== %s attempt %d (%s)", stage.name, record.attempts, decision.reason)
+                try:
+                    with self.console.stage_running(stage.name) as display:
+                        context = self._context(stage, outputs, display, log)
+                        context.previous_status = previous_status
+                        result = stage.run(context)
+                    if not isinstance(result, stage.Outputs):
+                        raise TypeError(f"{stage.name}.run returned {type(result).__name__}, not its Outputs")
+                    # Outputs must survive the state file: fail here, not on the next load.
+                    record_outputs = result.record()
+                    json.dumps(record_outputs)
+                except KeyboardInterrupt:
+                    log.warning("interrupted")
+                    self._finish(state, record, Status.INTERRUPTED, started)
+                    self.console.stage_interrupted(stage.name, self._resume_hint())
+                    return EXIT_INTERRUPTED
+                except AutodeployError as exc:
+                    log.error("failed: %s", exc)
+                    for key, value in getattr(exc, "details", {}).items():
+                        log.error("  %s: %s", key, value)
+                    record.error = self._error_record(exc, log_path)
+                    self._finish(state, record, Status.FAILED, started)
+                    self.console.stage_failed(
+                        stage.name,
+                        time.monotonic() - started,
+                        redact(exc.message, self._secrets),
+                        redact(exc.hint, self._secrets),
+                        self._shown(log_path),
+                        self._resume_hint(),
+                    )
+                    return exc.exit_code
+                except Exception as exc:
+                    crash = self.run_dir / "logs" / "crash.log"
+                    trace = redact(traceback.format_exc(), self._secrets)
+                    with crash.open("a") as handle:
+                        handle.write(f"--- {now()} {stage.name}\n{trace}\n")
+                    log.error("unexpected error:\n%s", trace)
+                    record.error = self._error_record(exc, crash)
+                    self._finish(state, record, Status.FAILED, started)
+                    self.console.stage_failed(
+                        stage.name,
+                        time.monotonic() - started,
+                        redact(f"unexpected {type(exc).__name__}: {exc}", self._secrets),
+                        "this is a bug in autodeploy; the traceback is in the crash log (--debug prints it)",
+                        self._shown(crash),
+                        self._resume_hint(),
+                    )
+                    if self.debug:
+                        self.console.err.print(trace)
+                    return EXIT_FAILED
+                record.outputs = record_outputs
+                self._finish(state, record, Status.DONE, started)
+                log.info("done in %.2fs", record.duration_s or 0.0)
+            self.console.stage_done(stage.name, record.duration_s or 0.0, stage.describe(result))
+            return EXIT_OK
+        except KeyboardInterrupt:
+            # Arrived outside the stage's own handler (while its log was opened or closed): the record
+            # must still say interrupted, not running.
+            if record.status != Status.RUNNING:
+                raise
+            self._finish(state, record, Status.INTERRUPTED, started)
+            self.console.stage_interrupted(stage.name, self._resume_hint())
+            return EXIT_INTERRUPTED
 
     def _finish(self, state: RunState, record: StageRecord, status: Status, started: float) -> None:
         record.status = status
@@ -434,6 +444,7 @@ class Runner:
             display=display,
             outputs={n: outputs[n] for n in stage.needs if n in outputs},
             run_id=self.run_uid,
+            secrets=self._secrets,
         )
 
     @contextlib.contextmanager

@@ -52,6 +52,18 @@ class StageContext:
     # Unique per run directory (state.json keeps it): names remote state and containers, so that two
     # run directories of one pipeline never touch each other's processes.
     run_id: str = ""
+    # Secret values to mask (HF_TOKEN and the like): every text a stage writes into the run directory
+    # goes through write_text, which masks them, so no file of a run can hold one.
+    secrets: list[str] = field(default_factory=list)
+
+    def write_text(self, relative: str | Path, text: str) -> Path:
+        """Write a file of the run directory atomically, with every secret value masked."""
+        from automation.redact import redact
+        from automation.state import write_atomic
+
+        path = self.run_dir / relative
+        write_atomic(path, redact(text, self.secrets))
+        return path
 
     def output(self, kind: type[OutputsT]) -> OutputsT:
         """The outputs of the earlier stage (declared in `needs`) whose outputs are of type `kind`.

@@ -79,3 +79,18 @@ def run_harness(
         text=True,
         timeout=60,
     )
+
+
+_INTEGRATION = REPO / "tests" / "integration"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Test tiers by where a test lives and what it uses: unit, or integration (root), plus dynamo."""
+    for item in items:
+        if _INTEGRATION in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.root)
+            if "tiny_model" in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.dynamo)
+        else:
+            item.add_marker(pytest.mark.unit)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -20,6 +22,7 @@ from tests.conftest import MINIMAL_PIPELINE
 def _run(tmp_path: Path, **changes: object) -> tuple[int, str, Runner]:
     data = yaml.safe_load(MINIMAL_PIPELINE)
     data.update(changes)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(data))
     out = io.StringIO()
@@ -72,3 +75,55 @@ def test_unknown_model_is_bad_input(tmp_path: Path) -> None:
     code, out, _ = _run(tmp_path, model={"hf_id": "Qwen/Qwen3-33B"})
     assert code == 2
     assert "unknown model 'Qwen/Qwen3-33B'" in out
+
+
+def _recorded(runner: Runner) -> tuple[Plan, dict[str, Any]]:
+    outputs = load_state(runner.state_path).stages["configure"].outputs
+    assert outputs is not None
+    return Plan.from_dict(outputs["plan"]), outputs
+
+
+def test_max_batch_size_bounds_the_sweep_and_the_record_is_the_deployed_plan(tmp_path: Path) -> None:
+    """engine.max_batch_size is an upper bound on the batch the sweep picks, not a later replacement:
+    the recorded plan meets the SLA and its recorded numbers are the model's for exactly that plan."""
+    code, out, runner = _run(tmp_path, engine={"max_batch_size": 8})
+    assert code == 0, out
+    plan, outputs = _recorded(runner)
+    assert all(role.max_batch_size <= 8 for role in plan.roles)
+    prediction = estimate(plan)
+    assert prediction.to_dict() == outputs["prediction"]
+    assert prediction.ttft_ms <= 500 and prediction.tpot_ms <= 20 and prediction.fits
+    assert outputs["tokens_per_s_per_gpu_cluster"] == prediction.tokens_per_s_per_gpu * plan.total_gpus / 8
+
+
+def test_per_role_max_batch_size_bounds_only_that_role(tmp_path: Path) -> None:
+    code, out, runner = _run(tmp_path, search={"modes": ["disagg"]}, engine={"decode": {"max_batch_size": 12}})
+    assert code == 0, out
+    plan, outputs = _recorded(runner)
+    assert plan.role("decode").max_batch_size <= 12
+    assert outputs["prediction"]["tpot_ms"] <= 20 and outputs["prediction"]["ttft_ms"] <= 500
+
+
+def test_free_gpu_memory_fraction_enters_the_fit_of_the_sweep(tmp_path: Path) -> None:
+    """With half the free memory for the KV cache the sweep picks a config that fits at half, instead
+    of picking one that needs 0.9 and failing (or deploying something that does not fit)."""
+    case = {
+        "model": {"hf_id": "Qwen/Qwen3-32B-FP8"},
+        "system": "h100_sxm",
+        "workload": {"isl": 4000, "osl": 512},
+        "sla": {"ttft_ms": 1000, "tpot_ms": 30},
+        "search": {"modes": ["disagg"]},
+    }
+    code, out, runner = _run(tmp_path / "a", **case)
+    assert code == 0, out
+    loose, _ = _recorded(runner)
+    code, out, runner = _run(tmp_path / "b", **case, engine={"free_gpu_memory_fraction": 0.5})
+    assert code == 0, out
+    tight, outputs = _recorded(runner)
+    assert {r.free_gpu_memory_fraction for r in tight.roles} == {0.5}
+    assert outputs["prediction"]["fits"] and estimate(tight).fits
+    at_half = dataclasses.replace(
+        loose, roles=tuple(dataclasses.replace(r, free_gpu_memory_fraction=0.5) for r in loose.roles)
+    )
+    assert not estimate(at_half).fits  # what the sweep picks at 0.9 does not fit at 0.5
+    assert tight.layout() != loose.layout()

@@ -209,3 +209,36 @@ def test_outputs_are_json_in_the_state_file(make_runner, calls_file) -> None:
     assert data["stages"]["alpha"]["outputs"]["value"] == "alpha:1000"
     assert data["stages"]["alpha"]["input_digests"].keys() == {"settings"}
     assert data["stages"]["beta"]["input_digests"].keys() == {"settings", "alpha"}
+
+
+def test_report_fields_do_not_rerun_the_stages_after(make_runner, calls_file) -> None:
+    """A re-run that changes only what a stage reports (here: when it ran) leaves its dependents done."""
+    make_runner()[0].run(Selection())
+    runner, _ = make_runner()
+    assert runner.run(Selection(only=("alpha",))) == 0  # alpha's ran_at (a report field) changes
+    calls_file.write_text("")
+    runner, out = make_runner()
+    assert runner.run(Selection()) == 0
+    assert read_calls(calls_file) == []
+    assert out.getvalue().count("skipped") == 4
+
+
+def test_identity_leaves_out_what_stages_only_report() -> None:
+    from automation.contracts import CheckpointOutputs, InfraOutputs, LaunchOutputs
+
+    infra = InfraOutputs(
+        runtime="native",
+        node="n0",
+        etcd_endpoint="e",
+        nats_server="n",
+        handles={"etcd": {"pid": 1}},
+        reused=["etcd"],
+    )
+    assert "reused" not in infra.identity() and infra.identity()["handles"] == {"etcd": {"pid": 1}}
+    launch = LaunchOutputs(
+        frontend="f", remote_dir="d", processes={}, expected_instances={}, reused_nodes=[0]
+    )
+    assert "reused_nodes" not in launch.identity()
+    checkpoint = CheckpointOutputs(path="/m", source="hub", downloaded_to=["n1"])
+    assert "downloaded_to" not in checkpoint.identity()
+    assert checkpoint.record()["downloaded_to"] == ["n1"]  # still recorded, for status

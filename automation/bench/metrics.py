@@ -73,9 +73,10 @@ def summarize(records: Sequence[RequestRecord], concurrency: int, gpus: int) -> 
     tokens_per_s_per_gpu = output_token_throughput / GPUs serving.
     """
     measured = [r for r in records if not r.warmup]
-    good = [r for r in measured if r.error is None and r.end is not None]
+    ends = {r.index: r.end for r in measured if r.error is None and r.end is not None}
+    good = [r for r in measured if r.index in ends]
     errors = [r for r in measured if r.error is not None]
-    duration = (max(r.end for r in good) - min(r.start for r in good)) if good else 0.0  # type: ignore[type-var]
+    duration = (max(ends.values()) - min(r.start for r in good)) if good else 0.0
     total_output = sum(r.output_tokens for r in good)
     itls = [r.itl_ms for r in good if r.itl_ms]
     throughput = total_output / duration if duration > 0 else 0.0

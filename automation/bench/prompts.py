@@ -25,8 +25,9 @@ class PromptMaker:
         self.seed = seed
         special = set(self.tokenizer.get_added_tokens_decoder())  # {id: AddedToken}
         unknown = getattr(self.tokenizer.model, "unk_token", None)
-        if unknown is not None and self.tokenizer.token_to_id(unknown) is not None:
-            special.add(self.tokenizer.token_to_id(unknown))  # "[UNK]" never decodes back to itself
+        unknown_id = self.tokenizer.token_to_id(unknown) if unknown is not None else None
+        if unknown_id is not None:
+            special.add(int(unknown_id))  # "[UNK]" never decodes back to itself
         size = self.tokenizer.get_vocab_size(with_added_tokens=False)
         self.ids = [i for i in range(size) if i not in special]
 
@@ -42,7 +43,7 @@ class PromptMaker:
         rng = random.Random(self.seed * 1_000_003 + index)
         ids = [rng.choice(self.ids) for _ in range(self.isl)]
         for _ in range(ATTEMPTS):
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
             count = self._count(text)
             if len(count) == self.isl:
                 return text

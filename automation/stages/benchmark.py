@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from automation.config import PipelineConfig
 from automation.contracts import BenchmarkOutputs, ConfigureOutputs, LaunchOutputs
@@ -16,12 +16,13 @@ from automation.stage import Stage, StageContext
 MAX_ERROR_FRACTION = 0.05
 
 
-def concurrency_levels(setting: str | list[int], predicted: float) -> list[int]:
+def concurrency_levels(setting: Literal["auto"] | list[int], predicted: float) -> list[int]:
     """auto: 1, 2, 4, ... below the predicted cluster concurrency, then that concurrency itself."""
     if setting != "auto":
         return list(setting)
     target = max(1, round(predicted))
-    levels, level = [], 1
+    levels: list[int] = []
+    level = 1
     while level < target:
         levels.append(level)
         level *= 2
@@ -74,7 +75,7 @@ class Benchmark(Stage):
         ctx.log.info("levels %s against %s (%d GPUs)", levels, launch.frontend, plan.total_gpus)
         for level in levels:
             path = directory / f"c{level}.json"
-            if resuming and _measured_against(path, deployment):
+            if resuming and _passed_against(path, deployment):
                 ctx.log.info("c=%d: already measured against this deployment", level)
                 results[str(level)] = str(path.relative_to(ctx.run_dir))
                 continue
@@ -90,25 +91,28 @@ class Benchmark(Stage):
                 level,
                 config.workload.osl,
                 bench.request_timeout_s,
-                on_done=lambda record, progress=progress: progress.advance(),
+                on_done=_advance(progress),
             )
             summary = summarize(records, level, plan.total_gpus)
+            passed = summary["errors"] <= MAX_ERROR_FRACTION * summary["requests"]
             document = {
                 "summary": summary,
+                # Only a passed level is kept when a sweep resumes; a failed one is measured again.
+                "passed": passed,
                 "deployment": deployment,
                 "isl": config.workload.isl,
                 "osl": config.workload.osl,
                 "requests": [r.to_dict() for r in sorted(records, key=lambda r: r.index)],
             }
-            path.write_text(json.dumps(document, indent=1))
+            ctx.write_text(path.relative_to(ctx.run_dir), json.dumps(document, indent=1))
             ctx.log.info(
                 "c=%d: %s", level, json.dumps({k: v for k, v in summary.items() if k != "error_examples"})
             )
-            if summary["errors"] > MAX_ERROR_FRACTION * summary["requests"]:
+            if not passed:
                 raise StageError(
                     f"c={level}: {summary['errors']} of {summary['requests']} requests failed "
                     f"(e.g. {summary['error_examples'][0] if summary['error_examples'] else 'no detail'})",
-                    hint="see bench/c{level}.json and the node logs; fix the deployment and rerun",
+                    hint=f"see bench/c{level}.json and the node logs; fix the deployment and rerun",
                 )
             results[str(level)] = str(path.relative_to(ctx.run_dir))
         return BenchmarkOutputs(levels=levels, files=results, gpus=plan.total_gpus, deployment=deployment)
@@ -117,8 +121,19 @@ class Benchmark(Stage):
         return f"{len(outputs.levels)} levels (c = {', '.join(map(str, outputs.levels))}) in bench/"
 
 
-def _measured_against(path: Path, deployment: str) -> bool:
+def _passed_against(path: Path, deployment: str) -> bool:
+    """A level file of a level that passed, measured against this very deployment."""
     try:
-        return json.loads(path.read_text()).get("deployment") == deployment
+        document = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
+    return bool(document.get("deployment") == deployment and document.get("passed") is True)
+
+
+def _advance(progress: Any) -> Callable[[Any], None]:
+    """A callback that moves a level's progress bar one request on."""
+
+    def advance(record: Any) -> None:
+        progress.advance()
+
+    return advance

@@ -19,7 +19,6 @@ from automation.errors import StageError
 from automation.redact import hub_token
 from automation.remote import Detached, Host, host_for
 from automation.stage import Check, Stage, StageContext
-from automation.stages.infra import run_directory
 from automation.state import StageRecord
 
 POLL_S = 0.5
@@ -110,7 +109,7 @@ class Launch(Stage):
             "launch": config.launch.model_dump(),
             "nodes": [node.model_dump(mode="json") for node in config.cluster.nodes],
             "served_name": config.model.served_name,
-            "run_directory": run_directory(config),
+            "work_dir": config.cluster.work_dir,
         }
 
     def run(self, ctx: StageContext) -> LaunchOutputs:
@@ -118,16 +117,17 @@ class Launch(Stage):
         placement = load_placement(ctx)
         generated = ctx.output(GenerateOutputs)
         files_digest = _digest(generated.files)
-        remote_dir = run_directory(config) + "/generated"
+        remote_dir = ctx.remote_dir + "/generated"
         frontend = placement["frontend"]["url"]
         busy = [node["index"] for node in placement["nodes"] if node["script"]]
         hosts = {i: host_for(config, config.cluster.nodes[i]) for i in busy}
         started: dict[int, Detached] = {}
         processes: dict[int, Detached] = {}
         try:
+            self._check_frontend_port(ctx, hosts, placement)
             for index in busy:
                 host = hosts[index]
-                directory = host.expand(remote_dir)
+                directory = host.path(remote_dir)
                 previous = self._running_here(host, directory, index, files_digest)
                 if previous is not None:
                     ctx.log.info("node %d: reusing the running node script (pid %d)", index, previous.pid)
@@ -137,7 +137,9 @@ class Launch(Stage):
                 host.put(ctx.path("generated"), directory)
                 host.run(f"echo {files_digest} > {shlex.quote(directory)}/.launched-files")
                 script = placement["nodes"][index]["script"]
-                command = node_command(config, host, directory, script, index, ctx.output(BuildOutputs).image)
+                command = node_command(
+                    config, host, directory, script, index, ctx.output(BuildOutputs).image, ctx.run_id
+                )
                 processes[index] = started[index] = host.start_detached(
                     f"node_{index}", command, directory, secret_env=_secret_env(config)
                 )
@@ -149,14 +151,20 @@ class Launch(Stage):
                     processes[index].pid,
                 )
             self._wait_until_ready(ctx, placement, hosts, processes, frontend)
-        except BaseException:
-            for index, process in started.items():
-                with contextlib.suppress(Exception):
-                    ctx.log.info("node %d: stopping after the failure: %s", index, hosts[index].stop(process))
-                    remove_container(config, hosts[index], index)
+        except BaseException as failure:
+            left = self._stop_after_failure(ctx, hosts, started)
             self._collect_logs(ctx, hosts, processes)
             for host in hosts.values():
                 host.close()
+            if left and isinstance(failure, StageError):
+                # The launch failed *and* workers may still run: both must be said, the second loudly.
+                raise StageError(
+                    f"{failure.message}; also could not stop the node script on {'; '.join(left)}",
+                    hint=f"workers may still be running there: autodeploy down {ctx.pipeline_file}",
+                    **failure.details,
+                ) from None
+            if left:
+                ctx.log.error("could not stop after the failure: %s", "; ".join(left))
             raise
         self._collect_logs(ctx, hosts, processes)
         for host in hosts.values():
@@ -197,8 +205,9 @@ class Launch(Stage):
     def teardown(self, ctx: StageContext, record: StageRecord) -> str | None:
         """Stop every node script (TERM, then KILL), then revoke the etcd leases of workers that did not deregister."""
         config = ctx.config
-        remote_dir = run_directory(config) + "/generated"
+        remote_dir = ctx.remote_dir + "/generated"
         stopped: list[str] = []
+        failed: list[str] = []
         for index, node in enumerate(config.cluster.nodes):
             host = host_for(config, node)
             try:
@@ -207,18 +216,25 @@ class Launch(Stage):
                 process = (
                     Detached.from_dict(process_data)
                     if process_data
-                    else self._from_pid_file(host, host.expand(remote_dir), index)
+                    else self._from_pid_file(host, host.path(remote_dir), index)
                 )
                 if process is not None and host.stop(process, grace_s=15) != "not running":
                     stopped.append(host.name)
                     self._collect_logs(ctx, {index: host}, {index: process})
-                if remove_container(config, host, index) and host.name not in stopped:
+                if remove_container(config, host, index, ctx.run_id) and host.name not in stopped:
                     stopped.append(host.name)
             except StageError as exc:
-                ctx.log.warning("%s: %s", node.name, exc)
+                ctx.log.error("%s: %s", node.name, exc)
+                failed.append(f"{node.name} ({exc.message})")
             finally:
                 host.close()
         revoked = revoke_leftover_leases(config, ctx)
+        if failed:
+            done = f"; stopped workers on {', '.join(stopped)}" if stopped else ""
+            raise StageError(
+                f"could not stop the workers on {'; '.join(failed)}{done}",
+                hint="make the node reachable and run autodeploy down again",
+            )
         if not stopped and not revoked:
             return None
         parts = [f"workers on {', '.join(stopped)}"] if stopped else []
@@ -333,25 +349,88 @@ class Launch(Stage):
             tail=tail,
         )
 
+    def _stop_after_failure(
+        self, ctx: StageContext, hosts: Mapping[int, Host], started: Mapping[int, Detached]
+    ) -> list[str]:
+        """Stop what this attempt started; returns '<node> (why)' for each node it could not stop."""
+        left: list[str] = []
+        for index, process in started.items():
+            host = hosts[index]
+            try:
+                ctx.log.info("node %d: stopping after the failure: %s", index, host.stop(process))
+                remove_container(ctx.config, host, index, ctx.run_id)
+            except StageError as exc:
+                left.append(f"{host.name} ({exc.message})")
+        return left
+
+    def _check_frontend_port(
+        self, ctx: StageContext, hosts: Mapping[int, Host], placement: Mapping[str, Any]
+    ) -> None:
+        """Refuse to start when another process (another run's frontend, say) holds the frontend's port.
+
+        A node script of this very run that is still running is fine: it is reused, not started twice.
+        """
+        node = int(placement["frontend"]["node"])
+        port = int(placement["frontend"]["port"])
+        host = hosts.get(node)
+        if host is None:
+            return
+        holder = port_holder(host, port)
+        if holder is None:
+            return
+        ours = self._from_pid_file(host, host.path(ctx.remote_dir + "/generated"), node)
+        if ours is not None and host.alive(ours):
+            return
+        raise StageError(
+            f"port {port} on {host.name} (the frontend's, dynamo.frontend_port) is already taken by {holder}",
+            hint="stop that deployment (autodeploy down with its pipeline file) or choose another "
+            "dynamo.frontend_port",
+            host=host.name,
+            port=port,
+        )
+
     def _collect_logs(
         self, ctx: StageContext, hosts: Mapping[int, Host], processes: Mapping[int, Detached]
     ) -> None:
-        """Copy each node script's log into <run>/logs/launch.<node>.log (the last LOG_LINES_KEPT lines)."""
+        """Copy each node script's log into <run>/logs/launch.<node>.log (the last LOG_LINES_KEPT lines).
+
+        Written through ctx.write_text, so a secret a worker printed never reaches the run directory.
+        A node that cannot be read is noted in the stage log: evidence must not hide the failure itself.
+        """
         for index, process in processes.items():
             host = hosts[index]
-            with contextlib.suppress(Exception):
+            try:
                 text = host.tail(process.log, LOG_LINES_KEPT)
-                target = ctx.path("logs", f"launch.{host.name}.log")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(text)
+            except StageError as exc:
+                ctx.log.warning("could not read the node log of %s: %s", host.name, exc.message)
+                continue
+            ctx.write_text(f"logs/launch.{host.name}.log", text)
 
 
-def container_name(config: PipelineConfig, index: int) -> str:
-    return f"autodeploy-{config.name}-node{index}"
+def container_name(run_id: str, index: int) -> str:
+    """Named after the run id (unique per run directory): two runs never remove each other's containers."""
+    return f"autodeploy-{run_id}-node{index}"
+
+
+def port_holder(host: Host, port: int) -> str | None:
+    """What listens on a TCP port of the host ('name (pid N)' when ss can tell), or None."""
+    listening = host.run("ss -ltnpH 2>/dev/null || true", timeout=30).stdout
+    for line in listening.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[3].rsplit(":", 1)[-1] == str(port):
+            process = re.search(r'users:\(\("([^"]+)",pid=(\d+)', line)
+            return f"{process.group(1)} (pid {process.group(2)})" if process else "another process"
+    return None
 
 
 def node_command(
-    config: PipelineConfig, host: Host, directory: str, script: str, index: int, image: str | None
+    config: PipelineConfig,
+    host: Host,
+    directory: str,
+    script: str,
+    index: int,
+    image: str | None,
+    run_id: str,
 ) -> str:
     """The command that runs a node script: directly, or in the Dynamo image (launch.runtime).
 
@@ -365,7 +444,7 @@ def node_command(
         raise StageError(
             "launch.runtime is container but the build stage recorded no image", hint="rerun --from build"
         )
-    model_path = host.expand(config.model.path or "")
+    model_path = host.path(config.model.path or "")
     mounts = {directory: directory, model_path: model_path, **config.launch.container_mounts}
     words = [
         "docker",
@@ -373,7 +452,7 @@ def node_command(
         "--rm",
         "--init",
         "--name",
-        container_name(config, index),
+        container_name(run_id, index),
         "--net=host",
         "--ipc=host",
     ]
@@ -384,15 +463,15 @@ def node_command(
     if _secret_env(config):
         words += ["-e", "HF_TOKEN"]  # by name: the value comes from the client's environment, not argv
     # A container left by a crashed earlier launch would block the name.
-    cleanup = f"docker rm -f {shlex.quote(container_name(config, index))} >/dev/null 2>&1; "
+    cleanup = f"docker rm -f {shlex.quote(container_name(run_id, index))} >/dev/null 2>&1; "
     return cleanup + "exec " + shlex.join([*words, image, *run])
 
 
-def remove_container(config: PipelineConfig, host: Host, index: int) -> bool:
+def remove_container(config: PipelineConfig, host: Host, index: int, run_id: str) -> bool:
     """Remove this node's container if there is one (a KILLed docker client leaves it running)."""
     if config.launch.runtime != "container":
         return False
-    name = shlex.quote(container_name(config, index))
+    name = shlex.quote(container_name(run_id, index))
     found = host.run(f"docker ps -aq --filter name=^{name}$ 2>/dev/null", check=False).stdout.strip()
     if found:
         host.run(f"docker rm -f {name}", check=False)
@@ -431,7 +510,8 @@ def _post_json(url: str, body: Mapping[str, Any]) -> dict[str, Any]:
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
     with urllib.request.urlopen(request, timeout=5) as response:
-        return json.loads(response.read().decode() or "{}")
+        found = json.loads(response.read().decode() or "{}")
+    return found if isinstance(found, dict) else {}
 
 
 def _secret_env(config: PipelineConfig) -> dict[str, str]:

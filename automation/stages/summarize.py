@@ -48,15 +48,17 @@ def compare(levels: list[dict[str, Any]], plan: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def predicted_curve(plan: Any, highest: int) -> list[dict[str, float]]:
+def predicted_curve(plan: Any, highest: int) -> list[dict[str, Any]]:
     """The model's prediction for the deployed plan on a fine concurrency grid up to 1.5 × highest."""
     from automation.perfmodel import predict_at_concurrency
 
-    grid, c = [], 1.0
+    grid: list[float] = []
+    c = 1.0
     while c <= 1.5 * highest:
         grid.append(c)
         c *= 2**0.25
-    return [predict_at_concurrency(plan, value).to_dict() for value in grid]
+    # predict_at_concurrency is defined for fractional concurrency too: the curve is drawn smooth.
+    return [predict_at_concurrency(plan, value).to_dict() for value in grid]  # type: ignore[arg-type]
 
 
 def _percent(value: float | None) -> str:
@@ -201,8 +203,9 @@ class Summarize(Stage):
         )
         design = round(configure.prediction.concurrency)
         plan_text = f"{plan.mode}, {plan.replicas} replica(s) of {plan.layout()}"
-        (directory / "summary.md").write_text(markdown(ctx.config, plan_text, rows, design))
-        (directory / "summary.json").write_text(
+        ctx.write_text("report/summary.md", markdown(ctx.config, plan_text, rows, design))
+        ctx.write_text(
+            "report/summary.json",
             json.dumps({"plan": plan.to_dict(), "design_concurrency": design, "rows": rows}, indent=2)
         )
         title = f"{ctx.config.name}: {plan_text}"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 import automation.perfmodel as pm
 from automation.mocker_profile import (
@@ -18,8 +19,8 @@ from automation.mocker_profile import (
     timing_profile,
     token_budget,
 )
-from automation.perfmodel.evaluate import step_scales
-from automation.perfmodel.plan import Plan
+from automation.perfmodel.evaluate import make_role, step_scales
+from automation.perfmodel.plan import Plan, RolePlan
 from automation.stages.generate import render_files, write_files
 from tests.generate.cases import MODEL, agg_plan, disagg_plan, pipeline, role
 
@@ -143,3 +144,30 @@ def test_prefill_workers_carry_the_kv_link_of_their_placement() -> None:
         cross = any(d["node"] != w["node"] for d in decodes)
         link = system.internode_gbs if cross else system.nvlink_gbs
         assert engine["kv_transfer_bandwidth"] == pytest.approx(link * 1)
+
+
+def _engine_limits(text: str) -> tuple[int, int]:
+    """(max_num_tokens, max_batch_size) of a rendered engine YAML, wherever its family puts them."""
+    cfg = yaml.safe_load(text)
+    limits = cfg.get("build_config", cfg)
+    return limits["max_num_tokens"], limits["max_batch_size"]
+
+
+@pytest.mark.parametrize("mode", ["agg", "disagg"])
+def test_the_mocker_runs_the_engine_yaml_limits(mode: str) -> None:
+    """A mocker worker stands in for the engine YAML of its role: same token budget, same batch."""
+    arch, isl, osl = pm.load_model(MODEL), 4000, 512
+    if mode == "agg":
+        roles: tuple[RolePlan, ...] = (make_role(arch, "agg", 2, 32, isl, osl),)
+    else:
+        roles = (make_role(arch, "prefill", 1, 1, isl, osl), make_role(arch, "decode", 2, 64, isl, osl))
+    plan = Plan(mode, MODEL, "h200_sxm", roles, 1, isl, osl)
+    files = render_files(pipeline([8], engine="mocker", dynamo="1.6.1", backend="1.3.0rc23"), plan)
+    placement = json.loads(files["placement.json"])
+    assert {w["role"] for w in placement["workers"]} == {r.role for r in roles}
+    for w in placement["workers"]:
+        engine = json.loads(files[w["mocker_config"]])["engine"]
+        tokens, batch = _engine_limits(files[w["config"]].decode())
+        assert (engine["max_num_batched_tokens"], engine["max_num_seqs"]) == (tokens, batch), w["id"]
+        # ...and that budget never hangs the mocker: a whole prompt fits (chunked prefill is off).
+        assert tokens >= isl

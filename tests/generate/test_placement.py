@@ -10,8 +10,8 @@ import pytest
 from automation.errors import InputError
 from automation.perfmodel.plan import Plan
 from automation.placement import NodeSpec, assign_ports, check_fits, place
-from automation.stages.generate import Generator
-from tests.generate.cases import MODEL, agg_plan, disagg_plan, pipeline, role
+from automation.stages.generate import Generator, render_files
+from tests.generate.cases import MODEL, agg_plan, disagg_plan, golden_cases, pipeline, role
 
 CASES = 400
 
@@ -153,3 +153,29 @@ def test_rendered_random_deployments_have_one_frontend_and_consistent_placement(
             assert text.count("\nstart '") == len(node["workers"])
             ports = [w["system_port"] for w in doc["workers"] if w["node"] == node["index"]]
             assert len(ports) == len(set(ports))
+
+
+def test_placement_json_is_one_typed_model(tmp_path) -> None:
+    """generate writes placement.json with Placement.dump(); launch reads it back with Placement.load()."""
+    from automation.placement import Placement
+
+    config, plan = golden_cases()["mixed_span"]
+    files = render_files(config, plan)
+    path = tmp_path / "placement.json"
+    path.write_bytes(files["placement.json"])
+    placement = Placement.load(path)
+    assert placement.dump() == files["placement.json"].decode()
+    assert placement.frontend.url == "http://10.0.0.1:8000" and placement.frontend.node == 0
+    assert [n.script for n in placement.nodes] == ["node_0_run.sh", "node_1_run.sh"]
+    assert [n.index for n in placement.nodes] == [0, 1]
+    assert placement.expected_instances == {"backend": 3, "prefill": 9}
+    assert sum(len(w.gpus) for w in placement.workers) == plan.total_gpus
+    assert placement.workers[0].health_url.startswith("http://10.0.0.1:")
+    # A document with a key the model does not know is refused, not half-read.
+    import json as _json
+
+    data = _json.loads(files["placement.json"])
+    data["nodes"][0]["surprise"] = 1
+    path.write_text(_json.dumps(data))
+    with pytest.raises(InputError, match="placement"):
+        Placement.load(path)

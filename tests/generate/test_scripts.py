@@ -8,9 +8,14 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+
+from automation.errors import InputError
 
 from automation.stages.generate import render_files, write_files
 from tests.generate.cases import agg_plan, disagg_plan, golden_cases, pipeline
@@ -136,3 +141,82 @@ def test_mocker_configs_are_resolved_to_this_node(tmp_path: Path) -> None:
         profile = Path(json.loads(path.read_text())["engine"]["timing_model"]["config"]["path"])
         assert profile.is_absolute() and profile.is_file()
         assert profile.parent.parent == directory
+
+
+# A stand-in for the Dynamo python that records what it was given: its arguments and environment.
+RECORDING_PYTHON = """#!/usr/bin/env bash
+printf '%s\\0' "$@" > "$RECORD_DIR/$$.args"
+env -0 > "$RECORD_DIR/$$.env"
+"""
+
+
+def _hostile_config(tmp_path: Path, marker: Path) -> tuple[Any, dict[str, str]]:
+    """A pipeline whose env values, model path, served name and node name/address try to run `touch marker`."""
+    fake = tmp_path / "fake-python"
+    fake.write_text(RECORDING_PYTHON)
+    fake.chmod(0o755)
+    config = pipeline([8], runtime="host", launch={"python": str(fake)})
+    attack = f"$(touch {marker}); touch {marker} `touch {marker}`"
+    env = {
+        "EVIL": f"{attack}\ntouch {marker}\n\"double\" 'single' \\ ${{HOME}} & | > {marker}",
+        "SEMI": f"a;touch {marker};b",
+        "PLAIN": "value with spaces",
+    }
+    # Built past the config's own validation, as a hand-edited record or an older validator might let through.
+    config.launch = config.launch.model_copy(update={"env": env})
+    config.model = config.model.model_copy(
+        update={"path": f"/models/my model {attack}", "served_name": f"served; touch {marker}\nx"}
+    )
+    node = config.cluster.nodes[0]
+    config.cluster.nodes[0] = node.model_copy(
+        update={"name": f"n0\ntouch {marker}", "address": f"10.0.0.1\ntouch {marker}"}
+    )
+    return config, env
+
+
+def test_hostile_values_are_quoted_and_reach_the_workers_intact(tmp_path: Path) -> None:
+    marker = Path("/tmp") / f"autodeploy-injected-{uuid.uuid4().hex}"
+    config, env_values = _hostile_config(tmp_path, marker)
+    plan = agg_plan(tp=4, replicas=1)
+    files = render_files(config, plan)
+    directory = tmp_path / "run"
+    write_files(directory, files)
+    script = directory / "node_0_run.sh"
+    syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+    record = tmp_path / "record"
+    record.mkdir()
+    try:
+        subprocess.run(
+            ["bash", str(script)],
+            env={**os.environ, "RECORD_DIR": str(record), "AUTODEPLOY_STOP_GRACE_S": "2"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert not marker.exists(), "a value from the pipeline ran as a command"
+    finally:
+        marker.unlink(missing_ok=True)
+    envs = [p.read_bytes().split(b"\0") for p in sorted(record.glob("*.env"))]
+    args = [p.read_bytes().split(b"\0") for p in sorted(record.glob("*.args"))]
+    assert len(envs) == len(args) == 2  # the frontend and the worker
+    for recorded in envs:
+        seen = dict(item.decode().split("=", 1) for item in recorded if b"=" in item)
+        for key, value in env_values.items():
+            assert seen[key] == value
+        assert seen["MODEL_PATH"] == config.model.path
+        assert seen["SERVED_MODEL_NAME"] == config.model.served_name
+    worker = next(a for a in args if b"dynamo.trtllm" in a)
+    assert config.model.path.encode() in worker
+    # The generated YAML stays YAML: no value breaks out of a comment into keys.
+    for rel, data in files.items():
+        if rel.endswith(".yaml"):
+            docs = [d for d in yaml.safe_load_all(data) if d]
+            assert docs and all("touch" not in str(list(d)) for d in docs), rel
+
+
+def test_an_env_name_that_is_not_a_shell_name_is_refused(tmp_path: Path) -> None:
+    config = pipeline([8])
+    config.launch = config.launch.model_copy(update={"env": {"A;touch /tmp/x": "1"}})
+    with pytest.raises(InputError, match="launch.env"):
+        render_files(config, agg_plan(tp=4, replicas=1))

@@ -19,6 +19,7 @@ from tests.services import (
     free_port,
     import_service_images,
     namespace_cluster,
+    require,
     start_dockerd,
     start_sshd,
 )
@@ -65,8 +66,9 @@ DYNAMO_PYTHON = Path(os.environ.get("AUTODEPLOY_DYNAMO_PYTHON", REPO / ".venv-dy
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not DYNAMO_PYTHON.exists():
-        raise AssertionError(f"{DYNAMO_PYTHON} is missing: run scripts/install-dynamo.sh (make test does)")
+    require(
+        DYNAMO_PYTHON.exists(), f"{DYNAMO_PYTHON} is missing: run scripts/install-dynamo.sh (make test does)"
+    )
     path = tmp_path_factory.mktemp("model") / "tiny-qwen3"
     subprocess.run([sys.executable, str(REPO / "scripts" / "make-tiny-model.py"), str(path)], check=True)
     return path

@@ -409,3 +409,63 @@ def test_down_after_a_sigkilled_runner_and_down_twice(tmp_path: Path, tiny_model
     assert _run_processes(path) == []
     second = subprocess.run(down, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0 and "nothing of this run is running" in second.stdout
+
+
+def test_a_token_a_worker_prints_never_reaches_the_run_directory(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node logs collected after a failed launch pass the same redaction as every other file of the run."""
+    token = "hf_WorkerPrintedThisSecret42"
+    monkeypatch.setenv("HF_TOKEN", token)
+    leaky = tmp_path / "leaky-python"
+    leaky.write_text(
+        '#!/bin/bash\necho "worker starting with HF_TOKEN=$HF_TOKEN"\necho "$HF_TOKEN" >&2\nexit 1\n'
+    )
+    leaky.chmod(0o755)
+    path = _pipeline(tmp_path, tiny_model, name="leaky")
+    data = yaml.safe_load(path.read_text())
+    data["launch"]["python"] = str(leaky)
+    path.write_text(yaml.safe_dump(data))
+    runner, out = _runner(path)
+    try:
+        assert runner.run(Selection(to_stage="launch")) == 1
+        node_log = tmp_path / "run" / "logs" / "launch.node0.log"
+        assert "worker starting with HF_TOKEN=***" in node_log.read_text()  # collected, masked
+        for file in (tmp_path / "run").rglob("*"):
+            if file.is_file():
+                assert token.encode() not in file.read_bytes(), file
+        assert token not in out.getvalue()
+    finally:
+        _runner(path)[0].down()
+    assert _run_processes(path) == []
+
+
+def test_two_run_directories_of_one_pipeline_do_not_touch_each_other(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """Each run directory has its own run id: its own remote directory, and a clear refusal on shared ports."""
+    path = _pipeline(tmp_path, tiny_model, name="twins")
+    first = Runner(
+        load_pipeline(path), path, run_dir=tmp_path / "first", console=Console(io.StringIO(), plain=True)
+    )
+    out = io.StringIO()
+    second = Runner(load_pipeline(path), path, run_dir=tmp_path / "second", console=Console(out, plain=True))
+    try:
+        assert first.run(Selection(to_stage="launch")) == 0
+        first_state = load_state(first.state_path)
+        assert first_state is not None
+        frontend = first_state.stages["launch"].outputs["frontend"]
+        # The second run's etcd/NATS/frontend ports are the same ones: it must refuse, not take them over.
+        assert second.run(Selection(to_stage="launch")) != 0
+        text = out.getvalue()
+        assert "already taken by" in text or "is held by" in text, text
+        second_state = load_state(second.state_path)
+        assert second_state is not None and second_state.run_uid != first_state.run_uid
+        assert probe_frontend(frontend, "Qwen/Qwen3-8B").count("backend") == 1  # the first still serves
+        second.down()
+        assert probe_frontend(frontend, "Qwen/Qwen3-8B").count("backend") == 1  # and its down left it alone
+    finally:
+        Runner(
+            load_pipeline(path), path, run_dir=tmp_path / "first", console=Console(io.StringIO(), plain=True)
+        ).down()
+    assert _run_processes(path) == []

@@ -159,3 +159,27 @@ def test_plan_round_trip_disagg():
         pm.Plan.from_dict({**plan.to_dict(), "roles": [{"role": "agg"}]})
     pred = pm.estimate(plan)
     assert pred.fits and pred.ttft_ms > 0 and pred.concurrency == 128
+
+
+def test_parallelism_is_one_value_type():
+    """One named type carries (tp, pp, ep, attention_dp): roles, the ops and the vectorised sweep share it."""
+    from automation.perfmodel import compose
+    from automation.perfmodel.ops import ParallelismGrid, step_ms
+    from automation.perfmodel.plan import Parallelism
+
+    par = Parallelism(tp=1, pp=1, ep=8, attention_dp=8)
+    assert (par.gpus, par.moe_tp) == (8, 1)
+    assert Parallelism(tp=4, pp=2).gpus == 8 and Parallelism(tp=4, ep=2).moe_tp == 2
+    arch, sysc = pm.load_model("Qwen/Qwen3-30B-A3B"), pm.load_system("h200_sxm")
+    role = make_role(arch, "decode", 1, 64, 4000, 512, attention_dp=8)
+    assert role.parallelism == par and role.gpus_per_worker == 8
+    assert pm.RolePlan.from_dict(role.to_dict()) == role
+    assert {"tp", "pp", "ep", "attention_dp"} <= set(role.to_dict())  # the state file's flat shape stays
+    # A grid of configs gives, element by element, what each config gives alone.
+    configs = [Parallelism(tp=t, ep=e) for t, e in ((1, 1), (2, 2), (4, 1), (8, 8))]
+    grid = ParallelismGrid.of(configs)
+    together = step_ms(arch, sysc, grid, 64.0, 0.0, 0.0, 64.0, 4000.0, 64.0)
+    alone = [float(step_ms(arch, sysc, c, 64.0, 0.0, 0.0, 64.0, 4000.0, 64.0)) for c in configs]
+    np.testing.assert_allclose(together, alone, rtol=1e-12)
+    alone_mem = [float(compose.memory_parts(arch, sysc, c, 4000, 8, 4512, 0.9)["total"]) for c in configs]
+    np.testing.assert_allclose(compose.memory_parts(arch, sysc, grid, 4000, 8, 4512, 0.9)["total"], alone_mem)

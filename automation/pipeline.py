@@ -30,7 +30,7 @@ from automation.errors import (
     StageError,
     StateError,
 )
-from automation.redact import RedactingFilter, redact, secret_values
+from automation.redact import RedactingFilter, redact, secret_values, write_redacted
 from automation.stage import Check, Stage, StageContext
 from automation.stages.benchmark import Benchmark
 from automation.stages.build import Build
@@ -48,7 +48,6 @@ from automation.state import (
     load_state,
     now,
     save_state,
-    write_atomic,
 )
 
 # The pipeline, in order. A stage reads only the recorded outputs of the stages in its `needs`.
@@ -308,7 +307,7 @@ class Runner:
             state.pipeline_sha256 = _file_sha256(self.pipeline_file)
             self.save(state)
             self.config.run_dir = self.run_dir
-            write_atomic(self.run_dir / "pipeline.resolved.yaml", resolved_yaml(self.config))
+            write_redacted(self.run_dir / "pipeline.resolved.yaml", resolved_yaml(self.config), self._secrets)
             self.console.line(f"run {self.config.name}  ({self.run_dir})", "bold")
             for stage in self.stages:
                 record = state.record(stage.name)
@@ -381,8 +380,7 @@ class Runner:
                 except Exception as exc:
                     crash = self.run_dir / "logs" / "crash.log"
                     trace = redact(traceback.format_exc(), self._secrets)
-                    with crash.open("a") as handle:
-                        handle.write(f"--- {now()} {stage.name}\n{trace}\n")
+                    write_redacted(crash, f"--- {now()} {stage.name}\n{trace}\n", self._secrets, append=True)
                     log.error("unexpected error:\n%s", trace)
                     record.error = self._error_record(exc, crash)
                     self._finish(state, record, Status.FAILED, started)

@@ -45,6 +45,19 @@ def redact(text: str, secrets: list[str]) -> str:
     return text
 
 
+def write_redacted(path: Path, text: str, secrets: list[str], *, append: bool = False) -> None:
+    """The one writer of text files in a run directory: secrets masked; replaced atomically, or appended."""
+    from automation.state import write_atomic
+
+    masked = redact(text, secrets)
+    if append:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            handle.write(masked)
+        return
+    write_atomic(path, masked)
+
+
 class RedactingFilter(logging.Filter):
     """Masks secret values in every record before a handler writes it."""
 

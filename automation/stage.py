@@ -58,11 +58,10 @@ class StageContext:
 
     def write_text(self, relative: str | Path, text: str) -> Path:
         """Write a file of the run directory atomically, with every secret value masked."""
-        from automation.redact import redact
-        from automation.state import write_atomic
+        from automation.redact import write_redacted
 
         path = self.run_dir / relative
-        write_atomic(path, redact(text, self.secrets))
+        write_redacted(path, text, self.secrets)
         return path
 
     def output(self, kind: type[OutputsT]) -> OutputsT:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from automation.perfmodel.arch import ModelArch
-from automation.perfmodel.ops import step_ms
+from automation.perfmodel.ops import Par, step_ms
 from automation.perfmodel.system import SystemSpec
 
 Arr = Any
@@ -26,15 +26,13 @@ ACT_COEF = {"dense": {1: 11.0, 2: 6.5, 4: 5.0, 8: 5.0}, "moe": {1: 22.0, 2: 13.0
 ACT_MIN_BYTES = 70 * 2**20
 
 
-def prefill_ms(
-    arch: ModelArch, sysc: SystemSpec, tp: Arr, ep: Arr, dp: Arr, pp: Arr, b: Arr, isl: Arr
-) -> Arr:
+def prefill_ms(arch: ModelArch, sysc: SystemSpec, par: Par, b: Arr, isl: Arr) -> Arr:
     """Raw prefill pass of b prompts of isl tokens per attention rank (no queueing, no correction).
 
     t = step(tokens = b·isl, context attention b×isl, logits for b tokens)
     """
     b = np.asarray(b, dtype=float)
-    return step_ms(arch, sysc, tp, ep, dp, pp, b * isl, b, isl, 0.0, 0.0, b)
+    return step_ms(arch, sysc, par, b * isl, b, isl, 0.0, 0.0, b)
 
 
 def decode_mean_kv(isl: Arr, osl: Arr) -> Arr:
@@ -55,31 +53,24 @@ def decode_mean_kv(isl: Arr, osl: Arr) -> Arr:
     return isl_a + 1.0 + (s_full + s_rem) / n
 
 
-def decode_ms(
-    arch: ModelArch, sysc: SystemSpec, tp: Arr, ep: Arr, dp: Arr, pp: Arr, b: Arr, kv_len: Arr
-) -> Arr:
+def decode_ms(arch: ModelArch, sysc: SystemSpec, par: Par, b: Arr, kv_len: Arr) -> Arr:
     """One decode-only step of b requests per attention rank, each at kv_len cached tokens.
 
     t = step(tokens = b, generation attention b×kv_len, logits for b tokens)
     """
     b = np.asarray(b, dtype=float)
-    return step_ms(arch, sysc, tp, ep, dp, pp, b, 0.0, 0.0, b, kv_len, b)
+    return step_ms(arch, sysc, par, b, 0.0, 0.0, b, kv_len, b)
 
 
-def decode_tpot_ms(
-    arch: ModelArch, sysc: SystemSpec, tp: Arr, ep: Arr, dp: Arr, pp: Arr, b: Arr, isl: Arr, osl: Arr
-) -> Arr:
+def decode_tpot_ms(arch: ModelArch, sysc: SystemSpec, par: Par, b: Arr, isl: Arr, osl: Arr) -> Arr:
     """Raw decode TPOT averaged over the output (static_gen): decode step at `decode_mean_kv(isl, osl)`."""
-    return decode_ms(arch, sysc, tp, ep, dp, pp, b, decode_mean_kv(isl, osl))
+    return decode_ms(arch, sysc, par, b, decode_mean_kv(isl, osl))
 
 
 def agg_metrics(
     arch: ModelArch,
     sysc: SystemSpec,
-    tp: Arr,
-    ep: Arr,
-    dp: Arr,
-    pp: Arr,
+    par: Par,
     b: Arr,
     ctx_tokens: Arr,
     isl: Arr,
@@ -103,17 +94,17 @@ def agg_metrics(
     g = np.maximum(b - n_ctx, 0.0)
     kv = isl + np.floor_divide(osl, 2) + 1
     chunk = np.minimum(ctx, isl * n_ctx)
-    mixed = step_ms(arch, sysc, tp, ep, dp, pp, chunk + g, n_ctx, isl, g, kv, n_ctx + g, ctx_div=div)
-    gen = decode_ms(arch, sysc, tp, ep, dp, pp, b, kv)
+    mixed = step_ms(arch, sysc, par, chunk + g, n_ctx, isl, g, kv, n_ctx + g, ctx_div=div)
+    gen = decode_ms(arch, sysc, par, b, kv)
     s = np.ceil(isl * b / ctx)
     big_g = np.maximum(osl - s, 0.0)
     m_eff = np.maximum(1.0, s - 3.0)
     ttft = mixed * div * np.minimum(2.0 + (s - 3.0) / 20.0, 4.0)
     tpot = np.where(b <= 1, gen, (mixed * m_eff + gen * big_g) / (m_eff + big_g))
-    dp_a = np.asarray(dp, dtype=float)
-    pp_a = np.asarray(pp, dtype=float)
+    dp_a = np.asarray(par.attention_dp, dtype=float)
+    pp_a = np.asarray(par.pp, dtype=float)
     tok_s = b * dp_a * pp_a * (osl - 1) / (s * mixed + big_g * gen) * 1e3
-    gpus = np.asarray(tp, dtype=float) * dp_a * pp_a
+    gpus = np.asarray(par.tp, dtype=float) * dp_a * pp_a
     return {
         "mixed_ms": mixed,
         "gen_ms": gen,
@@ -162,13 +153,13 @@ def xpyd_seq_s(p_rate: Arr, x: Arr, d_rate: Arr, y: Arr) -> Arr:
     return np.minimum(PREFILL_RATE_DERATE * x * p_rate, DECODE_RATE_DERATE * y * d_rate)
 
 
-def weights_bytes_per_gpu(arch: ModelArch, tp: Arr, ep: Arr, dp: Arr, pp: Arr) -> Arr:
+def weights_bytes_per_gpu(arch: ModelArch, par: Par) -> Arr:
     """Weights on one GPU: attention/tp + dense FFN/tp + experts/(tp·dp) + router + embeddings/tp, all /pp.
 
     Quantized GEMM weights take w_b bytes, router and embeddings bf16; KV heads replicate when tp > n_kv.
     """
-    tp = np.asarray(tp, dtype=float)
-    width = tp * np.asarray(dp, dtype=float)
+    tp = np.asarray(par.tp, dtype=float)
+    width = tp * np.asarray(par.attention_dp, dtype=float)
     wp = arch.weight_params()
     wb = arch.weight_bytes
     h, d = arch.hidden, arch.head_dim
@@ -178,7 +169,7 @@ def weights_bytes_per_gpu(arch: ModelArch, tp: Arr, ep: Arr, dp: Arr, pp: Arr) -
         attn = arch.num_layers * h * d * (2.0 * arch.num_heads / tp + 2.0 * arch.kv_heads_per_gpu(tp))
     total = (attn + wp["ffn"] / tp + wp["experts"] / width + wp["shared"] / width) * wb
     total = total + wp["router"] * 2.0 + wp["embed"] * 2.0 / tp
-    return total / np.asarray(pp, dtype=float)
+    return total / np.asarray(par.pp, dtype=float)
 
 
 def activation_bytes(arch: ModelArch, tp: Arr, tokens: Arr) -> Arr:
@@ -191,22 +182,19 @@ def activation_bytes(arch: ModelArch, tp: Arr, tokens: Arr) -> Arr:
     )
 
 
-def kv_bytes_per_request(arch: ModelArch, tp: Arr, pp: Arr, seq_len: Arr) -> Arr:
+def kv_bytes_per_request(arch: ModelArch, par: Par, seq_len: Arr) -> Arr:
     """KV cache of one request of seq_len tokens on one GPU: seq_len·L·kv_elems(tp)·b_kv / pp."""
-    return np.asarray(seq_len, dtype=float) * arch.kv_bytes_per_token(tp) / np.asarray(pp, dtype=float)
+    return np.asarray(seq_len, dtype=float) * arch.kv_bytes_per_token(par.tp) / np.asarray(par.pp, dtype=float)
 
 
 def memory_parts(
     arch: ModelArch,
     sysc: SystemSpec,
-    tp: Arr,
-    ep: Arr,
-    dp: Arr,
-    pp: Arr,
+    par: Par,
     act_tokens: Arr,
     batch: Arr,
     seq_len: Arr,
-    free_fraction: float,
+    free_fraction: Arr,
 ) -> dict[str, Arr]:
     """Memory per GPU (bytes) and the KV budget.
 
@@ -215,17 +203,17 @@ def memory_parts(
     kv_budget = (HBM − non_kv)·free_fraction·(1 − 1.5 %)·(1 − 2 %)
     fits = non_kv + kv < HBM and kv ≤ kv_budget
     """
-    gpus = np.asarray(tp) * np.asarray(dp)
+    gpus = np.asarray(par.tp) * np.asarray(par.attention_dp)
     nccl = np.select(
         [gpus <= 1, gpus <= 2], [sysc.nccl_mem_bytes(1), sysc.nccl_mem_bytes(2)], sysc.nccl_mem_bytes(4)
     )
     non_kv = (
-        weights_bytes_per_gpu(arch, tp, ep, dp, pp)
-        + activation_bytes(arch, tp, act_tokens)
+        weights_bytes_per_gpu(arch, par)
+        + activation_bytes(arch, par.tp, act_tokens)
         + nccl
         + sysc.other_mem_gib * 2**30
     )
-    kv_req = kv_bytes_per_request(arch, tp, pp, seq_len)
+    kv_req = kv_bytes_per_request(arch, par, seq_len)
     kv = np.asarray(batch, dtype=float) * kv_req
     budget = (
         np.maximum(sysc.hbm_bytes - non_kv, 0.0)

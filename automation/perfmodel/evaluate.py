@@ -10,7 +10,17 @@ import numpy as np
 from automation.errors import InputError
 from automation.perfmodel import compose
 from automation.perfmodel.arch import ModelArch, load_model
-from automation.perfmodel.plan import Plan, Prediction, RolePlan
+from automation.perfmodel.plan import (
+    EngineOverrides,
+    KvCacheDtype,
+    Parallelism,
+    Plan,
+    Prediction,
+    Role,
+    RolePlan,
+    role_plan,
+)
+from automation.perfmodel.plan import agg_ctx_tokens as _ctx_tokens
 from automation.perfmodel.system import SystemSpec, load_system
 
 GIB = 2**30
@@ -30,10 +40,7 @@ def agg_ctx_tokens(role: RolePlan, isl: int) -> int:
 
     ctx = floor((max_num_tokens − max_batch_size)/isl)·isl (≥ isl); chunked: max_num_tokens − max_batch_size.
     """
-    room = role.max_num_tokens - role.max_batch_size
-    if role.enable_chunked_prefill and room < isl:
-        return max(room, 1)
-    return max(room // isl, 1) * isl
+    return int(_ctx_tokens(role.max_num_tokens, role.max_batch_size, isl, role.enable_chunked_prefill))
 
 
 def role_memory(
@@ -43,10 +50,7 @@ def role_memory(
     return compose.memory_parts(
         arch,
         sysc,
-        role.tp,
-        role.ep,
-        role.attention_dp,
-        role.pp,
+        role.parallelism,
         role.max_num_tokens,
         role.max_batch_size if batch is None else batch,
         role.max_seq_len,
@@ -60,20 +64,16 @@ def _check_plan(plan: Plan) -> None:
     if plan.replicas <= 0:
         raise InputError(f"plan replicas must be > 0 (got {plan.replicas})", hint="fix the plan")
     for r in plan.roles:
-        for name in (
-            "tp",
-            "pp",
-            "ep",
-            "attention_dp",
-            "workers",
-            "max_batch_size",
-            "max_num_tokens",
-            "max_seq_len",
+        for name, value in (
+            *vars(r.parallelism).items(),
+            ("workers", r.workers),
+            ("max_batch_size", r.max_batch_size),
+            ("max_num_tokens", r.max_num_tokens),
+            ("max_seq_len", r.max_seq_len),
         ):
-            if getattr(r, name) <= 0:
+            if value <= 0:
                 raise InputError(
-                    f"plan role {r.role}: {name} must be > 0 (got {getattr(r, name)})",
-                    hint="regenerate the plan",
+                    f"plan role {r.role}: {name} must be > 0 (got {value})", hint="regenerate the plan"
                 )
         if not 0.0 < r.free_gpu_memory_fraction <= 1.0:
             raise InputError(
@@ -92,20 +92,16 @@ def _agg(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     r = plan.role("agg")
     ctx = agg_ctx_tokens(r, plan.isl)
-    m = compose.agg_metrics(arch, sysc, r.tp, r.ep, r.attention_dp, r.pp, batch, ctx, plan.isl, plan.osl)
+    m = compose.agg_metrics(arch, sysc, r.parallelism, batch, ctx, plan.isl, plan.osl)
     return m, role_memory(arch, sysc, r, batch)
 
 
 def _disagg_core(plan: Plan, d_batch: float, arch: ModelArch, sysc: SystemSpec) -> dict[str, float]:
     p, d = plan.role("prefill"), plan.role("decode")
-    t_pre = float(
-        compose.prefill_ms(arch, sysc, p.tp, p.ep, p.attention_dp, p.pp, p.max_batch_size, plan.isl)
-    )
-    t_dec = float(
-        compose.decode_tpot_ms(arch, sysc, d.tp, d.ep, d.attention_dp, d.pp, d_batch, plan.isl, plan.osl)
-    )
+    t_pre = float(compose.prefill_ms(arch, sysc, p.parallelism, p.max_batch_size, plan.isl))
+    t_dec = float(compose.decode_tpot_ms(arch, sysc, d.parallelism, d_batch, plan.isl, plan.osl))
     p_rate, d_rate, ttft_core, tpot = compose.disagg_rates(
-        t_pre, p.max_batch_size, p.attention_dp, t_dec, d_batch, d.attention_dp, plan.osl
+        t_pre, p.max_batch_size, p.parallelism.attention_dp, t_dec, d_batch, d.parallelism.attention_dp, plan.osl
     )
     cross = plan.gpus_per_replica > sysc.gpus_per_node
     xfer = float(
@@ -163,7 +159,7 @@ def estimate(plan: Plan) -> Prediction:
         tpot_ms=c["tpot"],
         tokens_per_s_per_gpu=c["seq_s"] * plan.osl / plan.gpus_per_replica,
         tokens_per_s_per_user=1000.0 / c["tpot"],
-        concurrency=float(d.workers * d.max_batch_size * d.attention_dp * plan.replicas),
+        concurrency=float(d.workers * d.max_batch_size * d.parallelism.attention_dp * plan.replicas),
         memory_gib_per_gpu=mem,
         fits=fits,
     )
@@ -187,8 +183,9 @@ def predict_at_concurrency(plan: Plan, concurrency: int) -> Prediction:
     per_replica = concurrency / plan.replicas
     if plan.mode == "agg":
         r = plan.role("agg")
-        slots = r.max_batch_size * r.attention_dp * r.pp
-        b = min(max(per_replica / (r.attention_dp * r.pp), 1.0), r.max_batch_size)
+        ranks = r.parallelism.attention_dp * r.parallelism.pp
+        slots = r.max_batch_size * ranks
+        b = min(max(per_replica / ranks, 1.0), r.max_batch_size)
         m, mem_parts = _agg(plan, b, arch, sysc)
         # The reference's queueing factor QF describes a full batch; below it, queueing fades with load.
         ctx = agg_ctx_tokens(r, plan.isl)
@@ -203,7 +200,7 @@ def predict_at_concurrency(plan: Plan, concurrency: int) -> Prediction:
             cycle = per_replica / rate * 1e3
             ttft += max(0.0, cycle - (ttft + tpot * (plan.osl - 1)))
         else:
-            tok_s *= min(per_replica / (b * r.attention_dp * r.pp), 1.0)
+            tok_s *= min(per_replica / (b * ranks), 1.0)
         return Prediction(
             ttft_ms=ttft,
             tpot_ms=tpot,
@@ -214,8 +211,8 @@ def predict_at_concurrency(plan: Plan, concurrency: int) -> Prediction:
             fits=bool(mem_parts["fits"]),
         )
     p, d = plan.role("prefill"), plan.role("decode")
-    slots = d.workers * d.max_batch_size * d.attention_dp
-    b = min(max(per_replica / (d.workers * d.attention_dp), 1.0), d.max_batch_size)
+    slots = d.workers * d.max_batch_size * d.parallelism.attention_dp
+    b = min(max(per_replica / (d.workers * d.parallelism.attention_dp), 1.0), d.max_batch_size)
     c = _disagg_core(plan, b, arch, sysc)
     # Closed loop: with n requests in flight each cycles once per (TTFT + TPOT·(osl−1)).
     lat = c["ttft_core"] / compose.DISAGG_TTFT_QUEUE + c["xfer"] + c["tpot"] * (plan.osl - 1)
@@ -259,9 +256,9 @@ def prefill_time_ms(
         seq = tokens / reqs
     else:
         reqs, seq = np.ones_like(tokens), tokens
-    return compose.step_ms(
-        arch, sysc, role.tp, role.ep, role.attention_dp, role.pp, tokens, reqs, seq, 0.0, 0.0, reqs
-    ) * np.ones_like(tokens)
+    return compose.step_ms(arch, sysc, role.parallelism, tokens, reqs, seq, 0.0, 0.0, reqs) * np.ones_like(
+        tokens
+    )
 
 
 def decode_step_ms(
@@ -275,7 +272,7 @@ def decode_step_ms(
     arch, sysc = _arch(model), _sys(system)
     b = np.maximum(np.asarray(batch_size, dtype=float), 1.0)
     kv = np.asarray(context_len, dtype=float)
-    out = compose.decode_ms(arch, sysc, role.tp, role.ep, role.attention_dp, role.pp, b, kv)
+    out = compose.decode_ms(arch, sysc, role.parallelism, b, kv)
     return np.asarray(out, dtype=float) * np.ones(np.broadcast(b, kv).shape)
 
 
@@ -294,10 +291,6 @@ def step_scales(role: RolePlan) -> tuple[float, float]:
     return 1.0, 1.0
 
 
-def round_up(x: int, k: int) -> int:
-    return int(math.ceil(x / k) * k)
-
-
 def _positive(name: str, v: Any) -> int:
     if v is None:
         raise InputError(f"--{name} is required for this mode", hint="see autodeploy estimate --help")
@@ -308,7 +301,7 @@ def _positive(name: str, v: Any) -> int:
 
 def make_role(
     arch: ModelArch,
-    role: str,
+    role: Role,
     tp: int,
     batch: int,
     isl: int,
@@ -320,31 +313,16 @@ def make_role(
     max_num_tokens: int | None = None,
 ) -> RolePlan:
     """A RolePlan with the engine settings configure would choose (MoE default: experts EP over tp·dp)."""
-    from automation.perfmodel.plan import DEFAULT_FREE_GPU_MEMORY_FRACTION, DEFAULT_TOKENS_PER_BLOCK
-
     if ep is None:
         ep = tp * attention_dp if arch.is_moe else 1
-    if max_num_tokens is None:
-        max_num_tokens = {
-            "agg": isl + batch,
-            "prefill": round_up(isl * batch, 64),
-            "decode": round_up(batch, 32),
-        }[role]
-    return RolePlan(
-        role=role,
-        tp=tp,
-        pp=pp,
-        ep=ep,
-        attention_dp=attention_dp,
-        workers=workers,
-        max_batch_size=batch,
-        max_num_tokens=max_num_tokens,
-        max_seq_len=isl + osl,
-        enable_chunked_prefill=False,
-        free_gpu_memory_fraction=DEFAULT_FREE_GPU_MEMORY_FRACTION,
-        kv_cache_dtype="fp8" if arch.kv_dtype == "fp8" else "auto",
-        tokens_per_block=DEFAULT_TOKENS_PER_BLOCK,
-    )
+    par = Parallelism(tp=tp, pp=pp, ep=ep, attention_dp=attention_dp)
+    overrides = EngineOverrides(max_num_tokens=max_num_tokens)
+    return role_plan(role, par, workers, batch, isl, osl, kv_cache_dtype(arch), overrides)
+
+
+def kv_cache_dtype(arch: ModelArch) -> KvCacheDtype:
+    """The engine's KV-cache dtype for a checkpoint: fp8 where it ships an fp8 KV cache, else auto."""
+    return "fp8" if arch.kv_dtype == "fp8" else "auto"
 
 
 def estimate_cli(args: Any) -> dict[str, Any]:
@@ -366,11 +344,11 @@ def estimate_cli(args: Any) -> dict[str, Any]:
         mem = role_memory(arch, sysc, role)
         gpus = role.gpus_per_worker
         if mode == "prefill":
-            t = float(compose.prefill_ms(arch, sysc, tp, role.ep, dp, pp, b, isl))
+            t = float(compose.prefill_ms(arch, sysc, role.parallelism, b, isl))
             ttft, tpot, tps = t, 0.0, b * dp / t * 1e3 / gpus
             user = 1000.0 / t
         else:
-            tpot = float(compose.decode_tpot_ms(arch, sysc, tp, role.ep, dp, pp, b, isl, osl))
+            tpot = float(compose.decode_tpot_ms(arch, sysc, role.parallelism, b, isl, osl))
             ttft, tps, user = 0.0, b * dp / tpot * 1e3 / gpus, 1000.0 / tpot
         return {
             "ttft_ms": ttft,

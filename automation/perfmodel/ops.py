@@ -2,14 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from automation.perfmodel.arch import ModelArch
+from automation.perfmodel.plan import Parallelism
 from automation.perfmodel.system import SystemSpec
 
 Arr = Any  # a float or a numpy array; every function here broadcasts
+
+
+@dataclass(frozen=True)
+class ParallelismGrid:
+    """Many Parallelism values at once, as four broadcastable arrays (the vectorised sweep's configs)."""
+
+    tp: Arr
+    pp: Arr
+    ep: Arr
+    attention_dp: Arr
+
+    @classmethod
+    def of(cls, configs: Sequence[Parallelism]) -> ParallelismGrid:
+        """The configs as float arrays, element i being configs[i]."""
+        return cls(
+            tp=np.array([c.tp for c in configs], dtype=float),
+            pp=np.array([c.pp for c in configs], dtype=float),
+            ep=np.array([c.ep for c in configs], dtype=float),
+            attention_dp=np.array([c.attention_dp for c in configs], dtype=float),
+        )
+
+    @property
+    def gpus(self) -> Arr:
+        """GPUs of one worker: tp · pp · attention_dp, element-wise."""
+        return np.asarray(self.tp, dtype=float) * self.attention_dp * self.pp
+
+
+# One worker's parallelism, or many of them (every op broadcasts over the grid's arrays).
+Par = Parallelism | ParallelismGrid
 
 
 def blend(compute_s: Arr, memory_s: Arr, knee: float) -> Arr:
@@ -167,10 +199,7 @@ def distinct_experts(num_experts: int, pairs: Arr, skew: float) -> Arr:
 def step_ms(
     arch: ModelArch,
     sysc: SystemSpec,
-    tp: Arr,
-    ep: Arr,
-    dp: Arr,
-    pp: Arr,
+    par: Par,
     tokens: Arr,
     ctx_reqs: Arr,
     ctx_len: Arr,
@@ -188,14 +217,15 @@ def step_ms(
             + 2 all-reduces over tp·dp (tp·dp > 1)
     step  = L_dense·layer_dense + L_moe·layer_moe + embedding (+ its all-reduce) + logits GEMM
             + (pp−1)·p2p
+    `par` is one worker's Parallelism or a ParallelismGrid (dp below is its attention_dp).
     With attention-DP (dp > 1, tp = 1) every rank attends to its own `tokens`; the MoE block sees
     dp·tokens gathered from all ranks.
     """
     h, d = arch.hidden, arch.head_dim
-    tp = np.asarray(tp, dtype=float)
-    dp = np.asarray(dp, dtype=float)
-    ep = np.asarray(ep, dtype=float)
-    pp = np.asarray(pp, dtype=float)
+    tp = np.asarray(par.tp, dtype=float)
+    dp = np.asarray(par.attention_dp, dtype=float)
+    ep = np.asarray(par.ep, dtype=float)
+    pp = np.asarray(par.pp, dtype=float)
     m = np.asarray(tokens, dtype=float)
     q = arch.gemm_quant
     width = tp * dp  # GPUs of one MoE group / one TP group

@@ -144,6 +144,9 @@ class CheckpointOutputs(StageOutputs):
     downloaded_to: list[str] = report(
         default_factory=list, description="nodes that received files in this run"
     )
+    copied_bytes: dict[str, int] = report(
+        default_factory=dict, description="bytes copied to each node in this run, by node name"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- infra
@@ -152,7 +155,7 @@ class CheckpointOutputs(StageOutputs):
 class InfraOutputs(StageOutputs):
     stage: ClassVar[str] = "infra"
 
-    runtime: str = Field(description="native or docker")
+    runtime: Literal["docker", "native"] = Field(description="native processes or containers")
     node: str = Field(description="the node etcd and NATS run on")
     etcd_endpoint: str = Field(description="etcd's client URL")
     nats_server: str = Field(description="NATS's client URL")

@@ -1,21 +1,30 @@
-"""The Docker engine of a node, through the docker SDK (which stays inside this module)."""
+"""A node's Docker engine, driven by the `docker` CLI on that node through its Host (so SSH settings hold)."""
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
 
 from automation.errors import StageError
-from automation.remote import Host, LocalHost, SSHHost
+from automation.remote import Host, Result
+
+ContainerStatus = Literal["created", "restarting", "running", "removing", "paused", "exited", "dead"]
+
+# Pulling a multi-gigabyte image (the Dynamo/TRT-LLM one) can take long on a slow link.
+PULL_TIMEOUT_S = 3600.0
 
 
 @dataclass(frozen=True)
 class Container:
     id: str
     name: str
-    status: str  # created | running | exited | ...
+    status: ContainerStatus
     image: str
+    pid: int  # of its main process, as the node sees it (0 when it is not running)
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:
@@ -23,69 +32,61 @@ class Container:
 
 
 class DockerEngine:
-    """One node's Docker engine: the local socket (DOCKER_HOST honoured) or ssh://user@node."""
+    """One node's Docker engine: `docker` run on the node by its Host, over SSH or locally.
+
+    Nothing here opens its own connection: the node's port, key, user and host-key checks are the
+    Host's. The CLI picks the engine as it always does (DOCKER_HOST or the default socket, as the
+    node's login environment has it). The caller owns the Host and closes it.
+    """
 
     def __init__(self, host: Host) -> None:
         self.host = host
-        self._client: Any = None
+        self._reachable = False
 
-    def _docker(self) -> Any:
-        if self._client is not None:
-            return self._client
-        import docker
-
-        try:
-            if isinstance(host := self.host, SSHHost):
-                client = docker.DockerClient(
-                    base_url=f"ssh://{host.target.rsplit(':', 1)[0]}", use_ssh_client=False
-                )
-            else:
-                assert isinstance(host, LocalHost)
-                client = docker.from_env()
-            client.ping()
-        except Exception as exc:
-            raise StageError(
-                f"cannot talk to the Docker engine on {self.host.name}: {_reason(exc)}",
-                hint="start dockerd there (or point DOCKER_HOST at it), or use infra.runtime: native",
-                host=self.host.name,
-            ) from None
-        self._client = client
-        return client
+    def image_id(self, image: str) -> str | None:
+        """The image's id on the node, or None if it is not there."""
+        found = self._docker("image", "inspect", "--format", "{{.Id}}", image, check=False)
+        if found.ok:
+            return found.stdout.strip()
+        if _missing(found):
+            return None
+        raise self._failed(f"docker image inspect {image}", found)
 
     def image_present(self, image: str) -> bool:
-        import docker.errors
+        return self.image_id(image) is not None
 
-        try:
-            self._docker().images.get(image)
-        except docker.errors.ImageNotFound:
-            return False
-        return True
-
-    def image_id(self, image: str) -> str:
-        return str(self._docker().images.get(image).id)
-
-    def ensure_image(self, image: str, field: str) -> None:
-        """Pull the image when it is missing; a failed pull names the config field to change."""
-        if self.image_present(image):
-            return
-        try:
-            self._docker().images.pull(image)
-        except Exception as exc:
+    def ensure_image(self, image: str, field: str) -> str:
+        """Pull the image when it is missing and return its id; a failed pull names the config field."""
+        present = self.image_id(image)
+        if present is not None:
+            return present
+        pulled = self._docker("pull", "--quiet", image, check=False, timeout=PULL_TIMEOUT_S)
+        present = self.image_id(image) if pulled.ok else None
+        if present is None:
             raise StageError(
-                f"image {image} is not on {self.host.name} and could not be pulled: {_reason(exc)}",
+                f"image {image} is not on {self.host.name} and could not be pulled: {_reason(pulled)}",
                 hint=f"docker pull / docker load it on {self.host.name}, or set {field}",
                 host=self.host.name,
-            ) from None
+            )
+        return present
 
     def find(self, name: str) -> Container | None:
-        import docker.errors
+        """The container of that name (running or not), or None."""
+        found = self._docker("container", "inspect", name, check=False)
+        if not found.ok:
+            if _missing(found):
+                return None
+            raise self._failed(f"docker container inspect {name}", found)
+        return _containers(found.stdout)[0]
 
-        try:
-            found = self._docker().containers.get(name)
-        except docker.errors.NotFound:
-            return None
-        tags = found.image.tags if found.image is not None else []
-        return Container(found.id, found.name, found.status, tags[0] if tags else "")
+    def labelled(self, label: str) -> list[Container]:
+        """The running containers that carry `label` (any value)."""
+        ids = self._docker("ps", "--quiet", "--no-trunc", "--filter", f"label={label}").stdout.split()
+        if not ids:
+            return []
+        # A container may go between the two calls: inspect answers for the others and exits 1.
+        found = self._docker("container", "inspect", *ids, check=False)
+        return _containers(found.stdout) if found.stdout.strip() else []
 
     def run(
         self,
@@ -98,48 +99,115 @@ class DockerEngine:
         volumes: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> Container:
-        """Start a detached container on the host network (as Dynamo's services expect)."""
-        container = self._docker().containers.run(
-            image,
-            list(command),
-            name=name,
-            entrypoint=list(entrypoint) if entrypoint else None,
-            environment=dict(environment or {}),
-            volumes={src: {"bind": dst, "mode": "rw"} for src, dst in (volumes or {}).items()},
-            labels=dict(labels or {}),
-            network_mode="host",
-            detach=True,
-        )
-        container.reload()
-        return Container(container.id, container.name, container.status, image)
+        """Start a detached container on the host network (as Dynamo's services expect).
+
+        `environment` is on the node's `docker run` command line: no secrets.
+        """
+        options = ["--detach", "--name", name, "--network", "host"]
+        for key, value in (environment or {}).items():
+            options += ["--env", f"{key}={value}"]
+        for source, target in (volumes or {}).items():
+            options += ["--volume", f"{source}:{target}"]
+        for key, value in (labels or {}).items():
+            options += ["--label", f"{key}={value}"]
+        # The CLI takes one entrypoint word; the rest of it goes before the command.
+        first, *rest = list(entrypoint) if entrypoint else [None]
+        if first is not None:
+            options += ["--entrypoint", first]
+        started = self._docker("run", *options, image, *rest, *command, check=False)
+        if not started.ok:
+            raise StageError(
+                f"container {name} ({image}) did not start on {self.host.name}: {_reason(started)}",
+                hint=f"docker logs {name} on {self.host.name} may say more; `docker rm -f {name}` clears it",
+                host=self.host.name,
+            )
+        container = self.find(name)
+        if container is None:
+            raise StageError(
+                f"container {name} started on {self.host.name} and was gone at once",
+                hint="something removed it (docker run --rm elsewhere?); run again",
+                host=self.host.name,
+            )
+        return container
 
     def logs(self, name: str, lines: int = 30) -> str:
-        import docker.errors
-
-        try:
-            return self._docker().containers.get(name).logs(tail=lines).decode(errors="replace")
-        except docker.errors.NotFound:
-            return ""
+        """The last lines the container wrote (stdout and stderr); '' if there is no such container."""
+        shown = self._docker("logs", "--tail", str(lines), name, check=False, merge_stderr=True)
+        return shown.stdout if shown.ok else ""
 
     def remove(self, name: str, grace_s: float = 10.0) -> bool:
         """Stop (TERM, then KILL after grace_s) and remove a container; False if there was none."""
-        import docker.errors
-
-        try:
-            container = self._docker().containers.get(name)
-        except docker.errors.NotFound:
+        found = self.find(name)
+        if found is None:
             return False
-        if container.status == "running":
-            container.stop(timeout=int(grace_s))
-        container.remove(force=True)
+        if found.running:
+            self._docker("stop", "--time", str(max(1, int(grace_s))), name, check=False, timeout=grace_s + 60)
+        removed = self._docker("rm", "--force", name, check=False)
+        if not removed.ok and not _missing(removed):
+            raise self._failed(f"docker rm --force {name}", removed)
         return True
 
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    def _docker(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 120.0,
+        merge_stderr: bool = False,
+    ) -> Result:
+        self._ensure_reachable()
+        command = "docker " + " ".join(shlex.quote(arg) for arg in args) + (" 2>&1" if merge_stderr else "")
+        result = self.host.run(command, check=False, timeout=timeout)
+        if check and not result.ok:
+            raise self._failed("docker " + " ".join(args[:2]), result)
+        return result
+
+    def _ensure_reachable(self) -> None:
+        """Once per engine: the CLI is there and its engine answers, or a StageError that says which."""
+        if self._reachable:
+            return
+        probe = self.host.run("docker version --format '{{.Server.Version}}'", check=False, timeout=60)
+        if not probe.ok:
+            missing = probe.exit_code == 127
+            raise StageError(
+                f"cannot talk to the Docker engine on {self.host.name}: "
+                + ("the docker CLI is not installed there" if missing else _reason(probe)),
+                hint="install Docker there (docker.io), start dockerd (or point DOCKER_HOST at it), "
+                "or use infra.runtime: native",
+                host=self.host.name,
+            )
+        self._reachable = True
+
+    def _failed(self, what: str, result: Result) -> StageError:
+        return StageError(
+            f"{what} failed on {self.host.name}: {_reason(result)}",
+            hint=f"run it by hand on {self.host.name} to see why",
+            host=self.host.name,
+        )
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def _containers(inspected: str) -> list[Container]:
+    """Containers from `docker container inspect` JSON."""
+    found: list[Container] = []
+    for item in cast(list[dict[str, Any]], json.loads(inspected)):
+        state, config = item.get("State") or {}, item.get("Config") or {}
+        found.append(
+            Container(
+                id=str(item["Id"]),
+                name=str(item.get("Name", "")).lstrip("/"),
+                status=cast(ContainerStatus, state.get("Status", "dead")),
+                image=str(config.get("Image", "")),
+                pid=int(state.get("Pid") or 0),
+                labels=dict(config.get("Labels") or {}),
+            )
+        )
+    return found
+
+
+def _missing(result: Result) -> bool:
+    return "no such" in (result.stderr + result.stdout).lower()
+
+
+def _reason(result: Result) -> str:
+    """The CLI's last words: the one line that says why."""
+    lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
+    return lines[-1] if lines else f"exit {result.exit_code}"

@@ -7,7 +7,7 @@ import difflib
 import functools
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -36,7 +36,8 @@ def version_key(version: str) -> tuple[int, ...]:
 @functools.cache
 def versions_data() -> dict[str, Any]:
     """automation/data/versions.yaml, parsed once."""
-    return yaml.safe_load(VERSIONS_FILE.read_text())
+    data: dict[str, Any] = yaml.safe_load(VERSIONS_FILE.read_text())
+    return data
 
 
 def _in_range(version: str, entry: dict[str, Any]) -> bool:
@@ -49,7 +50,7 @@ class TrtllmFamily:
     """One engine-YAML schema: where the batch limits go and which keys are known."""
 
     name: str
-    batch_limits: str  # "build_config" | "top_level"
+    batch_limits: Literal["build_config", "top_level"]
     top_keys: frozenset[str]
     sections: dict[str, tuple[str, ...] | None]  # None: an open section whose keys are not checked
     planned: frozenset[str]
@@ -76,6 +77,18 @@ def _known_trtllm_versions() -> list[str]:
     known = {str(v) for v in data["dynamo_to_trtllm"].values()}
     known |= {str(f["from"]) for f in data["trtllm_families"]}
     return sorted(known, key=version_key)
+
+
+def _batch_limits(entry: dict[str, Any]) -> Literal["build_config", "top_level"]:
+    """Where a family's engine YAML puts the batch limits (versions.yaml's batch_limits)."""
+    value = entry["batch_limits"]
+    if value == "build_config":
+        return "build_config"
+    if value == "top_level":
+        return "top_level"
+    raise InputError(
+        f"versions.yaml: family {entry['name']}: batch_limits {value!r} is not build_config or top_level"
+    )
 
 
 def trtllm_family(version: str) -> TrtllmFamily:
@@ -106,7 +119,7 @@ def trtllm_family(version: str) -> TrtllmFamily:
     }
     return TrtllmFamily(
         name=str(entry["name"]),
-        batch_limits=str(entry["batch_limits"]),
+        batch_limits=_batch_limits(entry),
         top_keys=frozenset(top),
         sections=sections,
         planned=frozenset(keys["planned"]),
@@ -239,17 +252,18 @@ def engine_config(
         "max_num_tokens": role.max_num_tokens,
         "max_seq_len": role.max_seq_len,
     }
+    par = role.parallelism
     cfg: dict[str, Any] = {
         "backend": "pytorch",
         # With attention DP every rank of the TP group runs attention on its own requests, so the
         # TRT-LLM world per pipeline stage is tp × attention_dp.
-        "tensor_parallel_size": role.tp * role.attention_dp,
-        "pipeline_parallel_size": role.pp,
-        "enable_attention_dp": role.attention_dp > 1,
+        "tensor_parallel_size": par.tp * par.attention_dp,
+        "pipeline_parallel_size": par.pp,
+        "enable_attention_dp": par.attention_dp > 1,
     }
-    if role.ep > 1:
-        cfg["moe_expert_parallel_size"] = role.ep
-        cfg["moe_tensor_parallel_size"] = role.moe_tp
+    if par.ep > 1:
+        cfg["moe_expert_parallel_size"] = par.ep
+        cfg["moe_tensor_parallel_size"] = par.moe_tp
     cfg["enable_chunked_prefill"] = role.enable_chunked_prefill
     if family.batch_limits == "build_config":
         cfg["build_config"] = limits

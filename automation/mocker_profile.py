@@ -9,17 +9,21 @@ from typing import Any
 
 import numpy as np
 
-from automation.perfmodel.plan import RolePlan
+from automation.errors import InputError
+from automation.perfmodel.plan import Role, RolePlan
 
 # The mocker resolves this placeholder nowhere: the node script replaces it with its own directory
 # before the worker starts, because the profile path inside the JSON must be absolute on the node.
 SCRIPT_DIR_PLACEHOLDER = "@SCRIPT_DIR@"
 
+# Profile grid sizes: enough that the mocker's linear/bilinear reading stays within 2 % of the model
+# (tests/generate/test_mocker.py checks it), small enough to keep the .npz a few tens of KiB.
 PREFILL_POINTS = 96
 DECODE_KV_POINTS = 64
 DECODE_CTX_POINTS = 48
 DEFAULT_GPU_BLOCKS = 16384  # the mocker's own default (normalize_mocker_config({}))
-WORKER_TYPES = {"agg": "aggregated", "prefill": "prefill", "decode": "decode"}
+# The mocker's worker_type of each role (Dynamo's names).
+WORKER_TYPES: dict[Role, str] = {"agg": "aggregated", "prefill": "prefill", "decode": "decode"}
 
 
 def quadratic_grid(low: float, high: float, points: int) -> np.ndarray:
@@ -29,16 +33,21 @@ def quadratic_grid(low: float, high: float, points: int) -> np.ndarray:
     return np.unique(np.round(grid, 6))
 
 
-def token_budget(role: RolePlan, isl: int) -> int:
-    """The mocker's max_num_batched_tokens: the plan's, raised to fit the longest prompt and a full batch.
+def check_budget(role: RolePlan, isl: int) -> None:
+    """Refuse a worker the mocker could never serve: it runs the engine YAML's max_num_tokens, and a budget
+    below the prompt (chunked prefill off) leaves every request unscheduled, a hang without an error, on
+    every role; a disaggregated decode worker still charges the transferred prompt against it
+    (rehearsal.md §4, pitfall 3). The planner's defaults always hold a prompt (plan.max_num_tokens).
 
-    A mocker worker whose budget is below the prompt length (chunked prefill off) never schedules the
-    request and hangs without an error, on every role; a disaggregated decode worker still charges the
-    transferred prompt against its budget (rehearsal.md §4, pitfall 3).
+    Raises:
+        InputError: naming the setting to change.
     """
-    if role.max_num_tokens >= isl or role.enable_chunked_prefill:
-        return role.max_num_tokens
-    return isl + role.max_batch_size
+    if role.max_num_tokens < isl and not role.enable_chunked_prefill:
+        raise InputError(
+            f"engine.{role.role}.max_num_tokens {role.max_num_tokens} is below the prompt ({isl} tokens): "
+            "the mocker would never schedule a request",
+            hint=f"raise engine.{role.role}.max_num_tokens to at least {isl}, or enable chunked prefill",
+        )
 
 
 def geometric_grid(low: float, high: float, points: int) -> np.ndarray:
@@ -49,7 +58,7 @@ def geometric_grid(low: float, high: float, points: int) -> np.ndarray:
 
 def profile_grids(role: RolePlan, isl: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(prefill tokens, decode active kv tokens, decode mean context length) grids for one role."""
-    prefill_max = max(token_budget(role, isl), isl, 2)
+    prefill_max = max(role.max_num_tokens, isl, 2)
     ctx_max = max(role.max_seq_len, 2)
     kv_max = max(role.max_batch_size * role.max_seq_len, ctx_max)
     return (
@@ -109,6 +118,7 @@ def mocker_config(
     TTFT carries the KV-cache transfer the performance model charges; the mocker applies it on the
     prefill side.
     """
+    check_budget(role, isl)
     blocks_per_request = math.ceil(role.max_seq_len / role.tokens_per_block) + 1
     engine: dict[str, Any] = {
         "backend": "trtllm",
@@ -119,7 +129,8 @@ def mocker_config(
         "num_gpu_blocks": max(DEFAULT_GPU_BLOCKS, role.max_batch_size * blocks_per_request),
         "max_model_len": role.max_seq_len,
         "max_num_seqs": role.max_batch_size,
-        "max_num_batched_tokens": token_budget(role, isl),
+        # The engine YAML's values: the mocker stands in for exactly that engine.
+        "max_num_batched_tokens": role.max_num_tokens,
         "enable_prefix_caching": False,
         "enable_chunked_prefill": role.enable_chunked_prefill,
         "timing_model": {
@@ -134,7 +145,7 @@ def mocker_config(
             engine["kv_transfer_bytes_per_token"] = int(kv_bytes_per_token)
     return {
         "engine": engine,
-        "tensor_parallel_size": role.tp * role.attention_dp,
+        "tensor_parallel_size": role.parallelism.tp * role.parallelism.attention_dp,
         "free_gpu_memory_fraction": role.free_gpu_memory_fraction,
     }
 
@@ -147,7 +158,7 @@ def interpolate_prefill(arrays: dict[str, np.ndarray], tokens: np.ndarray) -> np
     if x.size > 1:
         out = np.where(low, y[0] + (tokens - x[0]) * (y[1] - y[0]) / (x[1] - x[0]), out)
         out = np.where(high, y[-1] + (tokens - x[-1]) * (y[-1] - y[-2]) / (x[-1] - x[-2]), out)
-    return out
+    return np.asarray(out, dtype=float)
 
 
 def interpolate_decode(
@@ -171,4 +182,4 @@ def interpolate_decode(
         + z[i, j + 1] * (1 - tx) * ty
         + z[i + 1, j + 1] * tx * ty
     )
-    return np.maximum(value, 1.0)
+    return np.asarray(np.maximum(value, 1.0), dtype=float)

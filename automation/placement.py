@@ -1,14 +1,20 @@
-"""Where every worker of every replica runs: nodes, GPU indices, health ports, component names."""
+"""Where every worker of every replica runs, and placement.json: the one document generate writes and launch reads."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from automation.errors import InputError
-from automation.perfmodel.plan import Plan, RolePlan
+from automation.perfmodel.plan import Mode, Plan, Role, RolePlan
 
-ROLE_ORDER = ("agg", "prefill", "decode")
+ROLE_ORDER: tuple[Role, ...] = ("agg", "prefill", "decode")  # prefill before decode within a replica
+# Of placement.json; raise it when a reader of the old shape would misread the new one.
+SCHEMA_VERSION: Literal[1] = 1
 
 
 @dataclass(frozen=True)
@@ -21,12 +27,17 @@ class NodeSpec:
     gpus: int
 
 
-@dataclass
-class Worker:
+class _Document(BaseModel):
+    """A part of placement.json: a key it does not name is an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Worker(_Document):
     """One worker process: what it is, where it runs, and how it is recognised once it serves."""
 
     id: str  # "<role>-<index>", unique in the cluster
-    role: str
+    role: Role
     index: int  # per role, over the whole cluster
     replica: int
     replica_index: int  # per role, within its replica
@@ -43,30 +54,90 @@ class Worker:
     health_url: str = ""
 
 
-@dataclass
-class Placement:
-    """Every worker, the frontend, and the instance count per component launch must see."""
+class PlacedNode(_Document):
+    """A node of the cluster and what runs on it (script: None when nothing does)."""
 
-    nodes: list[NodeSpec]
+    index: int
+    name: str
+    address: str
+    gpus: int
+    gpus_used: int
+    script: str | None
+    frontend: bool
+    workers: list[str]  # worker ids
+
+
+class ModelRef(_Document):
+    path: str | None
+    served_name: str | None
+
+
+class Frontend(_Document):
+    node: int
+    name: str
+    address: str
+    port: int
+    url: str
+
+
+class InfraEndpoints(_Document):
+    etcd: str
+    nats: str
+
+
+class Placement(_Document):
+    """placement.json: every worker, the frontend, and the instance count per component launch must see."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run: str
+    engine: Literal["trtllm", "mocker"]
+    mode: Mode
+    dynamo_version: str
+    trtllm_version: str
+    namespace: str
+    model: ModelRef
+    replicas: int
+    gpus_per_replica: int
+    total_gpus: int
+    frontend: Frontend
+    infra: InfraEndpoints
+    expected_instances: dict[str, int]
+    nodes: list[PlacedNode]
     workers: list[Worker]
-    frontend_node: int = 0
-    frontend_port: int = 8000
-    expected_instances: dict[str, int] = field(default_factory=dict)
 
     def on_node(self, index: int) -> list[Worker]:
-        return [w for w in self.workers if w.node == index]
+        return on_node(self.workers, index)
 
-    def gpus_used(self, index: int) -> int:
-        return sum(len(w.gpus) for w in self.on_node(index))
+    def dump(self) -> str:
+        """The text of placement.json."""
+        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "nodes": [asdict(n) for n in self.nodes],
-            "workers": [asdict(w) for w in self.workers],
-            "frontend_node": self.frontend_node,
-            "frontend_port": self.frontend_port,
-            "expected_instances": dict(self.expected_instances),
-        }
+    @classmethod
+    def load(cls, path: Path) -> Placement:
+        """Read placement.json.
+
+        Raises:
+            InputError: the file is missing, not JSON, or not a placement document of this schema.
+        """
+        try:
+            return cls.model_validate_json(Path(path).read_text())
+        except OSError as exc:
+            raise InputError(f"cannot read the placement {path}: {exc.strerror}", hint=_REGENERATE) from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InputError(
+                f"{path} is not a placement document this autodeploy reads ({where}: {first['msg']})",
+                hint=_REGENERATE,
+            ) from None
+
+
+_REGENERATE = "re-run the generate stage (autodeploy run FILE --from generate)"
+
+
+def on_node(workers: list[Worker], index: int) -> list[Worker]:
+    """The workers placed on node `index`."""
+    return [w for w in workers if w.node == index]
 
 
 def _replica_layout(plan: Plan) -> list[RolePlan]:
@@ -100,8 +171,8 @@ def check_fits(plan: Plan, nodes: list[NodeSpec]) -> None:
         need = role.gpus_per_worker
         if need > widest:
             raise InputError(
-                f"a {role.role} worker needs {need} GPUs (tp {role.tp} × pp {role.pp} × attention-dp "
-                f"{role.attention_dp}) but the largest node has {widest}; a worker must fit on one node "
+                f"a {role.role} worker needs {need} GPUs (tp {role.parallelism.tp} × pp {role.parallelism.pp}"
+                f" × attention-dp {role.parallelism.attention_dp}) but the largest node has {widest}; a worker must fit on one node "
                 "until multi-node workers are supported",
                 hint="lower tp/pp for this role (search.total_gpus or engine settings) or use larger nodes",
             )
@@ -114,7 +185,7 @@ def check_fits(plan: Plan, nodes: list[NodeSpec]) -> None:
         )
 
 
-def place(plan: Plan, nodes: list[NodeSpec]) -> Placement:
+def place(plan: Plan, nodes: list[NodeSpec]) -> list[Worker]:
     """Place every replica: whole on one node when one has room (KV moves over NVLink), else split.
 
     Replicas go first-fit in node order; a replica that fits on no single node is split worker by
@@ -125,7 +196,7 @@ def place(plan: Plan, nodes: list[NodeSpec]) -> Placement:
     """
     check_fits(plan, nodes)
     free = {n.index: list(range(n.gpus)) for n in nodes}
-    counters = {r.role: 0 for r in plan.roles}
+    counters: dict[Role, int] = {r.role: 0 for r in plan.roles}
     workers: list[Worker] = []
     layout = _replica_layout(plan)
     per_replica = sum(r.gpus_per_worker for r in layout)
@@ -153,7 +224,7 @@ def place(plan: Plan, nodes: list[NodeSpec]) -> Placement:
                 targets.append((role, node.index))
             # Widest-first decided where; GPU indices and numbering still follow role order.
             targets.sort(key=lambda t: ROLE_ORDER.index(t[0].role))
-        seen_in_replica: dict[str, int] = {}
+        seen_in_replica: dict[Role, int] = {}
         for role, idx in targets:
             gpus = _take(free[idx], role.gpus_per_worker)
             node = nodes[idx]
@@ -176,10 +247,10 @@ def place(plan: Plan, nodes: list[NodeSpec]) -> Placement:
                 )
             )
     workers.sort(key=lambda w: (w.node, ROLE_ORDER.index(w.role), w.index))
-    return Placement(nodes=list(nodes), workers=workers)
+    return workers
 
 
-def assign_ports(placement: Placement, base: int, reserved: dict[str, set[int]]) -> None:
+def assign_ports(workers: list[Worker], base: int, reserved: dict[str, set[int]]) -> None:
     """Give each worker a DYN_SYSTEM_PORT: consecutive from base, unique per address.
 
     Nodes that share an address (a rehearsal on one machine) share the port space, and ports in
@@ -189,7 +260,7 @@ def assign_ports(placement: Placement, base: int, reserved: dict[str, set[int]])
         InputError: the ports would run past 65535.
     """
     taken: dict[str, set[int]] = {}
-    for worker in placement.workers:
+    for worker in workers:
         used = taken.setdefault(worker.address, set(reserved.get(worker.address, set())))
         port = base
         while port in used:

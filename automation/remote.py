@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
+import os
+import select
 import shlex
 import socket
 import subprocess
 import tarfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from automation.errors import RemoteCommandError, StageError
 
 if TYPE_CHECKING:
+    from paramiko import Channel, PKey, SSHClient, Transport
+
     from automation.config import Node, PipelineConfig
 
 TAIL_LINES = 30
+# Called with the count of file bytes just sent, as a copy goes.
+Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -87,8 +92,19 @@ class Host(ABC):
     def _run(self, command: str, timeout: float | None, stdin: str | None = None) -> Result: ...
 
     @abstractmethod
-    def put(self, local: Path, remote: str) -> None:
-        """Copy a file or a directory tree to `remote` on the host (parents created, files replaced)."""
+    def put(
+        self, local: Path, remote: str, files: Sequence[str] | None = None, progress: Progress | None = None
+    ) -> None:
+        """Copy a file or a directory tree to `remote` on the host (parents created, files replaced).
+
+        `files`: for a directory, send only these (paths relative to it); everything else at `remote`
+        is left as it is. `progress` is called with the count of file bytes just sent, as the copy goes.
+
+        Raises:
+            StageError: a named file is not under `local`, or a source file cannot be read.
+            HostUnreachableError: the connection to the node broke during the copy.
+            RemoteCommandError: the node could not write the files (its tar failed: disk full, permissions).
+        """
 
     def close(self) -> None:  # noqa: B027 - a no-op for hosts that hold no connection
         """Release the connection, if any."""
@@ -122,6 +138,7 @@ class Host(ABC):
         The pid file holds "<pid> <start ticks>", so a later stop() never kills a recycled pid.
         `secret_env` values travel on stdin, so they appear in no command line, file or error message.
         """
+        directory = self.path(directory)
         log, pid_file = f"{directory}/{name}.log", f"{directory}/{name}.pid"
         secrets = dict(secret_env or {})
         # Read before the detached subshell, whose stdin is /dev/null.
@@ -161,7 +178,8 @@ class Host(ABC):
 
     def tail(self, path: str, lines: int = TAIL_LINES) -> str:
         """The last lines of a file on the host ('' if it does not exist)."""
-        return self.run(f"tail -n {lines} {shlex.quote(path)} 2>/dev/null", check=False, timeout=30).stdout
+        target = shlex.quote(self.path(path))
+        return self.run(f"tail -n {lines} {target} 2>/dev/null", check=False, timeout=30).stdout
 
     def path(self, path: str) -> str:
         """`path` as this host's processes must see it: a leading `~` or `~/` becomes the login user's home.
@@ -216,13 +234,30 @@ class LocalHost(Host):
             ) from None
         return Result(done.returncode, done.stdout, done.stderr)
 
-    def put(self, local: Path, remote: str) -> None:
-        target = self.expand(remote)
-        self.run(f"mkdir -p {shlex.quote(target if local.is_dir() else str(Path(target).parent))}")
-        if local.is_dir():
-            self.run(f"cp -a {shlex.quote(str(local))}/. {shlex.quote(target)}/")
-        else:
+    def put(
+        self, local: Path, remote: str, files: Sequence[str] | None = None, progress: Progress | None = None
+    ) -> None:
+        chosen = _selection(local, files, self.name)
+        target = self.path(remote)
+        if not chosen:
+            return
+        if not local.is_dir():
+            self.run(f"mkdir -p {shlex.quote(str(Path(target).parent))}")
             self.run(f"cp -a {shlex.quote(str(local))} {shlex.quote(target)}")
+        elif files is None:
+            self.run(
+                f"mkdir -p {shlex.quote(target)} && cp -a {shlex.quote(str(local))}/. {shlex.quote(target)}/"
+            )
+        else:
+            names = " ".join(shlex.quote(name) for _, name in chosen)
+            self.run(
+                f"mkdir -p {shlex.quote(target)} && cd {shlex.quote(str(local))} && "
+                f"cp -a --parents -- {names} {shlex.quote(target)}/"
+            )
+        if progress is not None:
+            progress(
+                sum(path.stat().st_size for path, _ in chosen if path.is_file() and not path.is_symlink())
+            )
 
 
 class SSHHost(Host):
@@ -256,6 +291,7 @@ class SSHHost(Host):
     def _connect(self) -> Any:
         if self._connection is not None and self._connection.is_connected:
             return self._connection
+        self._drop()
         import paramiko
         from fabric import Connection
 
@@ -277,16 +313,13 @@ class SSHHost(Host):
             )
         connection = Connection(self.address, user=self.user, port=self.port, connect_kwargs=connect_kwargs)
         client = connection.client
-        if self.known_hosts.exists():
-            client.load_host_keys(str(self.known_hosts))
-        policy = {
-            "known_hosts": paramiko.RejectPolicy(),
-            "accept_new": _LearnNewHostKey(self.known_hosts),
-            "insecure": paramiko.WarningPolicy(),
-        }[self.host_keys]
-        client.set_missing_host_key_policy(policy)
+        revoked = _load_known_hosts(client, self.known_hosts)
+        client.set_missing_host_key_policy(_HostKeyPolicy(self.host_keys, self.known_hosts, revoked))
         try:
             connection.open()
+            server_key = client.get_transport().get_remote_server_key()
+        except _RevokedHostKey:
+            raise self._revoked() from None
         except paramiko.BadHostKeyException:
             raise HostUnreachableError(
                 f"{self.name} ({self.target}): its host key differs from the one in {self.known_hosts}",
@@ -304,8 +337,40 @@ class SSHHost(Host):
             raise self._unreachable(exc) from None
         except (OSError, EOFError) as exc:
             raise self._unreachable(exc) from None
+        if _key_id(server_key) in revoked:  # a key both listed and revoked: the revocation wins
+            connection.close()
+            raise self._revoked()
         self._connection = connection
         return connection
+
+    def _drop(self) -> None:
+        """Forget the cached connection (closing what is left of it)."""
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.close()
+            self._connection = None
+
+    def _alive(self) -> bool:
+        """The cached connection still stands (its transport thread has not died)."""
+        transport = self._connection.client.get_transport() if self._connection is not None else None
+        # The transport thread records why it died before it closes the channels, so a channel that
+        # closed because the connection broke always finds saved_exception set here.
+        return bool(transport is not None and transport.is_active() and transport.saved_exception is None)
+
+    def _session(self, doing: str) -> Channel:
+        """A new exec channel. A cached connection that died since its last use is opened again, once."""
+        import paramiko
+
+        reused = self._connection is not None
+        for attempt in (1, 2):
+            transport: Transport = self._connect().client.get_transport()
+            try:
+                return transport.open_session(window_size=_WINDOW, max_packet_size=_PACKET)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                if attempt == 2 or not reused:
+                    raise self._lost(doing, exc) from None
+                self._drop()
+        raise AssertionError("unreachable")
 
     def _unreachable(self, exc: BaseException) -> HostUnreachableError:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
@@ -321,72 +386,302 @@ class SSHHost(Host):
             host=self.name,
         )
 
-    def _run(self, command: str, timeout: float | None, stdin: str | None = None) -> Result:
-        from invoke.exceptions import CommandTimedOut
+    def _lost(self, doing: str, exc: BaseException | None = None) -> HostUnreachableError:
+        reason = (str(exc) or type(exc).__name__) if exc is not None else "the connection closed"
+        self._drop()  # the next command connects afresh
+        return HostUnreachableError(
+            f"lost the SSH connection to {self.name} ({self.target}) while {doing}: {reason}",
+            hint=f"check that {self.name} is up and its sshd runs (rebooted? out of memory? network?), then rerun; "
+            "what was interrupted may or may not have finished there",
+            host=self.name,
+        )
 
-        connection = self._connect()
-        stream: Any = io.StringIO(stdin) if stdin is not None else False
+    def _revoked(self) -> HostUnreachableError:
+        return HostUnreachableError(
+            f"{self.name} ({self.target}): its host key is marked @revoked in {self.known_hosts}",
+            hint="do not connect: ask the node's owner for its new host key and put that in known_hosts",
+            host=self.name,
+        )
+
+    def _run(self, command: str, timeout: float | None, stdin: str | None = None) -> Result:
+        import paramiko
+
+        doing = f"running: {_short_command(command)}"
+        channel = self._session(doing)
         try:
-            done = connection.run(
-                f"bash -c {shlex.quote(command)}", hide=True, warn=True, timeout=timeout, in_stream=stream
-            )
-        except CommandTimedOut as exc:
+            channel.exec_command(f"bash -c {shlex.quote(command)}")
+            if stdin is not None:
+                # A command that exits without reading its input closes the channel: not an error.
+                with contextlib.suppress(OSError):
+                    channel.sendall(stdin.encode())
+            channel.shutdown_write()
+            stdout, stderr, finished = _collect(channel, timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._lost(doing, exc) from None
+        finally:
+            channel.close()
+        out, err = stdout.decode(errors="replace"), stderr.decode(errors="replace")
+        if not finished:
             raise RemoteCommandError(
                 self.name,
                 _short_command(command),
                 None,
-                _tail(exc.result.stderr or exc.result.stdout),
+                _tail(err or out),
                 hint=f"it ran longer than {timeout:.0f}s",
-            ) from None
-        return Result(done.exited, done.stdout, done.stderr)
+            )
+        if channel.exit_status == -1 and not self._alive():
+            raise self._lost(doing)
+        return Result(channel.exit_status, out, err)
 
-    def put(self, local: Path, remote: str) -> None:
-        # A tar stream over an exec channel: needs only tar on the node, not the sftp subsystem.
-        target = self.expand(remote)
-        archive = io.BytesIO()
-        with tarfile.open(fileobj=archive, mode="w:gz") as tar:
-            if local.is_dir():
-                for path in sorted(local.rglob("*")):
-                    tar.add(path, arcname=str(path.relative_to(local)), recursive=False)
-            else:
-                tar.add(local, arcname=Path(target).name)
+    def put(
+        self, local: Path, remote: str, files: Sequence[str] | None = None, progress: Progress | None = None
+    ) -> None:
+        import paramiko
+
+        # A tar stream over an exec channel: needs only tar on the node, not the sftp subsystem. It is
+        # made as it is sent, a chunk at a time, so memory does not grow with the checkpoint; not
+        # compressed, since safetensors do not compress.
+        chosen = _selection(local, files, self.name)
+        target = self.path(remote)
+        if not chosen:
+            return
         into = target if local.is_dir() else str(Path(target).parent)
-        command = f"mkdir -p {shlex.quote(into)} && tar -xzf - -C {shlex.quote(into)} --no-same-owner"
-        channel = self._connect().client.get_transport().open_session()
+        if not local.is_dir():
+            chosen = [(local, Path(target).name)]
+        doing = f"copying {local} to {target}"
+        command = f"mkdir -p {shlex.quote(into)} && tar -xf - -C {shlex.quote(into)} --no-same-owner"
+        channel = self._session(doing)
         try:
+            # A node that stops taking data for this long counts as gone.
+            channel.settimeout(_STALLED_S)
             channel.exec_command(f"bash -c {shlex.quote(command)}")
-            channel.sendall(archive.getvalue())
+            _send_tar(chosen, _ChannelWriter(channel), progress, self.name)
             channel.shutdown_write()
-            errors = b""
-            while not channel.exit_status_ready() or channel.recv_stderr_ready():
-                if channel.recv_stderr_ready():
-                    errors += channel.recv_stderr(65536)
-                else:
-                    time.sleep(0.01)
-            status = channel.recv_exit_status()
+            _, errors, finished = _collect(channel, _STALLED_S)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            # Either the node's tar stopped reading (no space, no permission: it exits with a status
+            # and a message) or the connection broke (the transport dies, and the channel with it).
+            _, errors, finished = _collect(channel, 30.0)
+            if not finished or channel.exit_status == -1:
+                raise self._lost(doing, exc) from None
+            raise RemoteCommandError(
+                self.name,
+                f"put {local} -> {target}",
+                channel.exit_status,
+                _tail(errors.decode(errors="replace")),
+            ) from None
         finally:
             channel.close()
-        if status != 0:
+        if not finished or (channel.exit_status == -1 and not self._alive()):
+            raise self._lost(doing)
+        if channel.exit_status != 0:
             raise RemoteCommandError(
-                self.name, f"put {local} -> {target}", status, _tail(errors.decode(errors="replace"))
+                self.name,
+                f"put {local} -> {target}",
+                channel.exit_status,
+                _tail(errors.decode(errors="replace")),
             )
 
     def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        self._drop()
 
 
-class _LearnNewHostKey:
-    """accept_new: trust a host the first time and remember its key; a changed key is still refused."""
+# A copy writes to the channel in chunks of this size; each becomes SSH packets of what the server accepts.
+_CHUNK = 1 << 20
+# This side's receive window and packet size for each channel (what the node may send before we read).
+_WINDOW = 8 << 20
+_PACKET = 1 << 15
+_STALLED_S = 300.0
 
-    def __init__(self, known_hosts: Path) -> None:
+
+def _collect(channel: Channel, timeout: float | None) -> tuple[bytes, bytes, bool]:
+    """Read stdout and stderr until the command's exit status arrives; (stdout, stderr, finished in time)."""
+    out, err = bytearray(), bytearray()
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def drain() -> None:
+        while channel.recv_ready():
+            out.extend(channel.recv(_CHUNK))
+        while channel.recv_stderr_ready():
+            err.extend(channel.recv_stderr(_CHUNK))
+
+    # The channel's fileno is a pipe that paramiko signals on new data, on EOF and on close.
+    while not channel.eof_received and not channel.closed:
+        drain()
+        left = 5.0 if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            return bytes(out), bytes(err), False
+        select.select([channel], [], [], min(left, 5.0))
+    drain()
+    rest = None if deadline is None else max(0.0, deadline - time.monotonic())
+    finished = channel.status_event.wait(rest)
+    drain()
+    return bytes(out), bytes(err), finished
+
+
+class _ChannelWriter:
+    """The sending side of an exec channel as the file tarfile writes to."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+
+    def write(self, data: bytes) -> int:
+        # A memoryview: paramiko's sendall re-slices what is left after every packet.
+        self._channel.sendall(memoryview(data))  # type: ignore[arg-type]
+        return len(data)
+
+
+class _CountedReader:
+    """A source file for tarfile that reports each chunk read, and names the file if reading fails."""
+
+    def __init__(self, file: IO[bytes], path: Path, host: str, progress: Progress | None) -> None:
+        self._file, self._path, self._host, self._progress = file, path, host, progress
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self._file.read(size)
+        except OSError as exc:
+            raise _unreadable(self._path, self._host, exc) from None
+        if self._progress is not None and data:
+            self._progress(len(data))
+        return data
+
+
+def _send_tar(
+    chosen: list[tuple[Path, str]], out: _ChannelWriter, progress: Progress | None, host: str
+) -> None:
+    """Write an uncompressed tar stream of `chosen` (path, name in the archive) to `out`, a chunk at a time."""
+    with tarfile.open(fileobj=out, mode="w|", bufsize=_CHUNK, copybufsize=_CHUNK) as tar:  # type: ignore[call-overload]
+        for path, name in chosen:
+            try:
+                info = tar.gettarinfo(str(path), name)
+                source = path.open("rb") if info.isreg() else None
+            except OSError as exc:
+                raise _unreadable(path, host, exc) from None
+            if source is None:
+                tar.addfile(info)
+                continue
+            with source:
+                tar.addfile(info, _CountedReader(source, path, host, progress))
+
+
+def _selection(local: Path, files: Sequence[str] | None, host: str) -> list[tuple[Path, str]]:
+    """What put sends, as (path, name relative to `local`): the whole tree, or only the named files."""
+    if not local.exists():
+        raise StageError(f"cannot copy {local} to {host}: it does not exist", hint="check the source path")
+    if not local.is_dir():
+        if files is not None:
+            raise StageError(f"cannot copy files of {local} to {host}: it is not a directory", host=host)
+        return [(local, local.name)]
+    if files is None:
+        return [(path, path.relative_to(local).as_posix()) for path in sorted(local.rglob("*"))]
+    chosen = []
+    for name in files:
+        relative = Path(name)
+        if relative.is_absolute() or ".." in relative.parts or not (local / relative).is_file():
+            raise StageError(
+                f"cannot copy {name} to {host}: it is not a file under {local}",
+                hint="name the files to send by their path relative to the directory being copied",
+                host=host,
+            )
+        chosen.append((local / relative, relative.as_posix()))
+    return chosen
+
+
+def _unreadable(path: Path, host: str, exc: OSError) -> StageError:
+    return StageError(
+        f"cannot read {path} to copy it to {host}: {exc.strerror or exc}",
+        hint="check that the file exists and is readable here",
+        host=host,
+    )
+
+
+# ------------------------------------------------------------------------------------------ host keys
+
+
+class _RevokedHostKey(Exception):
+    """The server presented a key that known_hosts marks @revoked."""
+
+
+def _key_id(key: PKey) -> tuple[str, str]:
+    return key.get_name(), key.get_base64()
+
+
+def _load_known_hosts(client: SSHClient, path: Path) -> frozenset[tuple[str, str]]:
+    """Load path's host keys into client; returns the @revoked keys.
+
+    Read here, not by paramiko's loader, which stops at the first marker line (@cert-authority,
+    @revoked) it meets. Host certificates are not supported by paramiko: @cert-authority lines are
+    skipped (OpenSSH still uses them).
+    """
+    from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
+    from paramiko.ssh_exception import SSHException
+
+    revoked: set[tuple[str, str]] = set()
+    if not path.is_file():
+        return frozenset()
+    keys = client.get_host_keys()
+    for number, raw in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("@"):
+            fields = line.split()
+            if fields[0] == "@revoked" and len(fields) >= 4:
+                revoked.add((fields[2], fields[3]))
+            continue
+        try:
+            entry = HostKeyEntry.from_line(line, number)
+        except (InvalidHostKey, SSHException):
+            continue  # a line paramiko cannot read (an unknown key type): OpenSSH's business
+        if entry is not None and entry.key is not None:
+            for name in entry.hostnames:
+                keys.add(name, entry.key.get_name(), entry.key)
+    return frozenset(revoked)
+
+
+class _HostKeyPolicy:
+    """What to do with a host whose key known_hosts lacks: refuse (known_hosts), learn it (accept_new),
+    or let it in unrecorded (insecure). A key marked @revoked is refused whatever the policy."""
+
+    def __init__(self, mode: str, known_hosts: Path, revoked: frozenset[tuple[str, str]]) -> None:
+        self.mode = mode
         self.known_hosts = known_hosts
+        self.revoked = revoked
 
-    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+    def missing_host_key(self, client: SSHClient, hostname: str, key: PKey) -> None:
+        import paramiko
+
+        if _key_id(key) in self.revoked:
+            raise _RevokedHostKey(hostname)
+        if self.mode == "known_hosts":
+            raise paramiko.SSHException(f"Server {hostname!r} not found in known_hosts")
+        if self.mode == "accept_new":
+            # paramiko names a host on a port other than 22 "[host]:port", as known_hosts does.
+            _append_line(self.known_hosts, f"{hostname} {key.get_name()} {key.get_base64()}\n")
         client.get_host_keys().add(hostname, key.get_name(), key)
-        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
-        client.save_host_keys(str(self.known_hosts))
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Add one line to the user's known_hosts without rewriting it: a single O_APPEND write, then fsync.
+
+    Concurrent writers (other nodes' threads, ssh itself) each add whole lines; comments and marker
+    lines stay as they are. A missing file is created 0600, in a directory created 0700.
+    """
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        # A file whose last line lacks its newline would otherwise run into the new line.
+        lead = b"\n" if size and os.pread(fd, 1, size - 1) != b"\n" else b""
+        data = lead + line.encode()
+        if os.write(fd, data) != len(data):
+            raise OSError(f"short write to {path}")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @functools.cache

@@ -97,7 +97,9 @@ def test_max_batch_size_bounds_the_sweep_and_the_record_is_the_deployed_plan(tmp
 
 
 def test_per_role_max_batch_size_bounds_only_that_role(tmp_path: Path) -> None:
-    code, out, runner = _run(tmp_path, search={"modes": ["disagg"]}, engine={"decode": {"max_batch_size": 12}})
+    code, out, runner = _run(
+        tmp_path, search={"modes": ["disagg"]}, engine={"decode": {"max_batch_size": 12}}
+    )
     assert code == 0, out
     plan, outputs = _recorded(runner)
     assert plan.role("decode").max_batch_size <= 12

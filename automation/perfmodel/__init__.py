@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from automation.perfmodel.plan import Plan, Prediction, RolePlan
+from automation.perfmodel.plan import EngineOverrides, Parallelism, Plan, Prediction, RolePlan, role_plan
 
 if TYPE_CHECKING:
     from automation.perfmodel.arch import ModelArch, load_model
@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Candidate",
+    "EngineOverrides",
     "ModelArch",
+    "Parallelism",
     "Plan",
     "Prediction",
     "RolePlan",
@@ -31,6 +33,7 @@ __all__ = [
     "load_system",
     "predict_at_concurrency",
     "prefill_time_ms",
+    "role_plan",
     "search",
 ]
 

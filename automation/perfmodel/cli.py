@@ -53,7 +53,8 @@ def add_configure_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_configure)
-    return p
+    parser: argparse.ArgumentParser = p
+    return parser
 
 
 def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -83,7 +84,8 @@ def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-node", type=_int, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_estimate)
-    return p
+    parser: argparse.ArgumentParser = p
+    return parser
 
 
 def _need(args: argparse.Namespace, *names: str) -> None:

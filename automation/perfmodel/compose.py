@@ -184,7 +184,9 @@ def activation_bytes(arch: ModelArch, tp: Arr, tokens: Arr) -> Arr:
 
 def kv_bytes_per_request(arch: ModelArch, par: Par, seq_len: Arr) -> Arr:
     """KV cache of one request of seq_len tokens on one GPU: seq_len·L·kv_elems(tp)·b_kv / pp."""
-    return np.asarray(seq_len, dtype=float) * arch.kv_bytes_per_token(par.tp) / np.asarray(par.pp, dtype=float)
+    return (
+        np.asarray(seq_len, dtype=float) * arch.kv_bytes_per_token(par.tp) / np.asarray(par.pp, dtype=float)
+    )
 
 
 def memory_parts(

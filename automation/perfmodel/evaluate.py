@@ -10,6 +10,7 @@ import numpy as np
 from automation.errors import InputError
 from automation.perfmodel import compose
 from automation.perfmodel.arch import ModelArch, load_model
+from automation.perfmodel.ops import step_ms
 from automation.perfmodel.plan import (
     EngineOverrides,
     KvCacheDtype,
@@ -23,7 +24,7 @@ from automation.perfmodel.plan import (
 from automation.perfmodel.plan import agg_ctx_tokens as _ctx_tokens
 from automation.perfmodel.system import SystemSpec, load_system
 
-GIB = 2**30
+GIB = 2**30  # bytes per GiB: memory is reported in GiB, as nvidia-smi and TRT-LLM logs do
 
 
 def _arch(model: ModelArch | str) -> ModelArch:
@@ -35,10 +36,10 @@ def _sys(system: SystemSpec | str) -> SystemSpec:
 
 
 def agg_ctx_tokens(role: RolePlan, isl: int) -> int:
-    """Prefill tokens per mixed step the engine can form: whole prompts that fit in max_num_tokens
-    next to a full decode batch, or a chunk of one prompt when chunked prefill is on.
+    """Prefill tokens per mixed step a role's engine forms (the sweep uses the same rule: plan.agg_ctx_tokens).
 
-    ctx = floor((max_num_tokens − max_batch_size)/isl)·isl (≥ isl); chunked: max_num_tokens − max_batch_size.
+    ctx = clip(floor((max_num_tokens − max_batch_size)/isl), 1, max(max_batch_size − 1, 1))·isl;
+    chunked prefill and no whole prompt fits: max_num_tokens − max_batch_size.
     """
     return int(_ctx_tokens(role.max_num_tokens, role.max_batch_size, isl, role.enable_chunked_prefill))
 
@@ -101,7 +102,13 @@ def _disagg_core(plan: Plan, d_batch: float, arch: ModelArch, sysc: SystemSpec) 
     t_pre = float(compose.prefill_ms(arch, sysc, p.parallelism, p.max_batch_size, plan.isl))
     t_dec = float(compose.decode_tpot_ms(arch, sysc, d.parallelism, d_batch, plan.isl, plan.osl))
     p_rate, d_rate, ttft_core, tpot = compose.disagg_rates(
-        t_pre, p.max_batch_size, p.parallelism.attention_dp, t_dec, d_batch, d.parallelism.attention_dp, plan.osl
+        t_pre,
+        p.max_batch_size,
+        p.parallelism.attention_dp,
+        t_dec,
+        d_batch,
+        d.parallelism.attention_dp,
+        plan.osl,
     )
     cross = plan.gpus_per_replica > sysc.gpus_per_node
     xfer = float(
@@ -256,9 +263,9 @@ def prefill_time_ms(
         seq = tokens / reqs
     else:
         reqs, seq = np.ones_like(tokens), tokens
-    return compose.step_ms(arch, sysc, role.parallelism, tokens, reqs, seq, 0.0, 0.0, reqs) * np.ones_like(
-        tokens
-    )
+    out = step_ms(arch, sysc, role.parallelism, tokens, reqs, seq, 0.0, 0.0, reqs)
+    result: np.ndarray = np.asarray(out, dtype=float) * np.ones_like(tokens)
+    return result
 
 
 def decode_step_ms(

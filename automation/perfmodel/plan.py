@@ -46,7 +46,7 @@ class Parallelism:
         return max(self.tp * self.attention_dp // max(self.ep, 1), 1)
 
     def short(self) -> str:
-        """"tp4" plus the widths above 1: "tp1dp8ep8"."""
+        """The widths in a few characters: tp, then pp/dp/ep where above 1 ("tp4", "tp1dp8ep8")."""
         widths = "".join(
             f"{name}{value}"
             for name, value in (("pp", self.pp), ("dp", self.attention_dp), ("ep", self.ep))
@@ -117,13 +117,16 @@ def agg_ctx_tokens(max_num_tokens: Any, batch: Any, isl: int, chunked: bool) -> 
     """Prompt tokens per mixed step an agg engine forms: whole prompts that fit in max_num_tokens next to a
     full decode batch, or a chunk of one prompt when chunked prefill is on and no whole prompt fits.
 
-    ctx = max(floor((max_num_tokens − batch)/isl), 1)·isl; chunked and room < isl: max(room, 1).
+    ctx = clip(floor((max_num_tokens − batch)/isl), 1, max(batch − 1, 1))·isl (the sweep's rule: a mixed
+    step keeps at least one decode); chunked and room < isl: max(room, 1).
     Element-wise on numpy arrays.
     """
     import numpy as np
 
-    room = np.asarray(max_num_tokens) - np.asarray(batch)
-    whole = np.maximum(room // isl, 1) * isl
+    b = np.asarray(batch)
+    room = np.asarray(max_num_tokens) - b
+    # Never more prompts than the batch holds next to one running request (a lone request: one prompt).
+    whole = np.clip(room // isl, 1, np.maximum(b - 1, 1)) * isl
     out = np.where(room < isl, np.maximum(room, 1), whole) if chunked else whole
     return out if isinstance(out, np.ndarray) and out.ndim else out.item()
 
@@ -165,7 +168,9 @@ def role_plan(
 
 def _choice(value: Any, choices: tuple[T, ...], what: str) -> T:
     if value not in choices:
-        raise InputError(f"bad plan: {what} {value!r} is not one of {list(choices)}", hint="regenerate the plan")
+        raise InputError(
+            f"bad plan: {what} {value!r} is not one of {list(choices)}", hint="regenerate the plan"
+        )
     return cast(T, value)
 
 

@@ -28,10 +28,10 @@ def write_search_report(res: Any, save_dir: Path) -> None:
         rows = [_flat(c.to_row()) for c in res.top.get(mode, [])]
         with (d / "best_config_topn.csv").open("w", newline="") as fh:
             keys = list(rows[0]) if rows else ["rank"]
-            w = csv.DictWriter(fh, fieldnames=["rank", *[k for k in keys if k != "rank"]])
-            w.writeheader()
+            table = csv.DictWriter(fh, fieldnames=["rank", *[k for k in keys if k != "rank"]])
+            table.writeheader()
             for i, r in enumerate(rows, 1):
-                w.writerow({"rank": i, **r})
+                table.writerow({"rank": i, **r})
     import matplotlib
 
     matplotlib.use("Agg")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,13 +11,21 @@ import numpy as np
 from automation.errors import InputError
 from automation.perfmodel import compose
 from automation.perfmodel.arch import ModelArch, load_model
-from automation.perfmodel.evaluate import GIB, estimate, round_up
+from automation.perfmodel.evaluate import GIB, estimate, kv_cache_dtype
+from automation.perfmodel.ops import ParallelismGrid
 from automation.perfmodel.plan import (
     DEFAULT_FREE_GPU_MEMORY_FRACTION,
-    DEFAULT_TOKENS_PER_BLOCK,
+    NO_OVERRIDES,
+    EngineOverrides,
+    Mode,
+    Parallelism,
     Plan,
     Prediction,
-    RolePlan,
+    Role,
+    agg_ctx_tokens,
+    max_num_tokens,
+    role_plan,
+    takes_a_prompt,
 )
 from automation.perfmodel.system import SystemSpec, load_system
 
@@ -29,15 +38,15 @@ DECODE_BATCHES = np.array(
     list(range(1, 16)) + list(range(16, 32, 2)) + list(range(32, 128, 4)) + list(range(128, 513, 8)),
     dtype=float,
 )
-MAX_WORKERS = 32  # per role per replica
-TP_CHOICES = (1, 2, 4, 8)
+MAX_WORKERS = 32  # bound of the xPyD worker-count search, per role per replica
+TP_CHOICES = (1, 2, 4, 8)  # widths swept: powers of two up to an 8-GPU node (TRT-LLM splits heads evenly)
 
 
 @dataclass(frozen=True)
 class Candidate:
     """One ranked configuration; `tokens_per_s_per_gpu_cluster` counts idle GPUs of the cluster."""
 
-    mode: str
+    mode: Mode
     plan: Plan
     prediction: Prediction
     tokens_per_s_per_gpu_cluster: float
@@ -64,25 +73,12 @@ class Candidate:
         }
         if p.mode == "agg":
             r = p.role("agg")
-            row.update(
-                tp=r.tp,
-                pp=r.pp,
-                ep=r.ep,
-                attention_dp=r.attention_dp,
-                batch_size=r.max_batch_size,
-                max_num_tokens=r.max_num_tokens,
-            )
+            row.update(**vars(r.parallelism), batch_size=r.max_batch_size, max_num_tokens=r.max_num_tokens)
         else:
-            for name in ("prefill", "decode"):
+            roles: tuple[Role, ...] = ("prefill", "decode")
+            for name in roles:
                 r = p.role(name)
-                row[name] = {
-                    "tp": r.tp,
-                    "pp": r.pp,
-                    "ep": r.ep,
-                    "attention_dp": r.attention_dp,
-                    "batch_size": r.max_batch_size,
-                    "workers": r.workers,
-                }
+                row[name] = {**vars(r.parallelism), "batch_size": r.max_batch_size, "workers": r.workers}
         row["plan"] = p.to_dict()
         return row
 
@@ -128,33 +124,32 @@ class SearchResult:
         ]
 
 
-def _configs(
-    arch: ModelArch, total_gpus: int, per_node: int, sysc: SystemSpec
-) -> list[tuple[int, int, int, int]]:
-    """Parallel configs (tp, pp, ep, attention_dp) of one worker, within one node.
+def _configs(arch: ModelArch, total_gpus: int, per_node: int, sysc: SystemSpec) -> list[Parallelism]:
+    """Parallel configs of one worker, within one node.
 
     dense: tp ∈ {1,2,4,8}. MoE on g GPUs: attention TP or attention DP, experts EP or TP
     (tp·dp = moe_tp·ep; TRT-LLM forbids tp > 1 with dp > 1). pp ∈ {2, 4} only when the weights do
     not fit on one node with TP alone.
     """
     cap = min(total_gpus, per_node)
-    out: list[tuple[int, int, int, int]] = []
+    out: list[Parallelism] = []
     for g in TP_CHOICES:
         if g > cap:
             continue
         if arch.is_moe:
-            out += [(g, 1, g, 1), (g, 1, 1, 1)]
+            out += [Parallelism(tp=g, ep=g), Parallelism(tp=g)]
             if g > 1:
-                out += [(1, 1, g, g), (1, 1, 1, g)]
+                out += [Parallelism(ep=g, attention_dp=g), Parallelism(attention_dp=g)]
         else:
-            out.append((g, 1, 1, 1))
+            out.append(Parallelism(tp=g))
     out = list(dict.fromkeys(out))
     tmax = max(g for g in TP_CHOICES if g <= cap)
-    w = float(compose.weights_bytes_per_gpu(arch, tmax, tmax if arch.is_moe else 1, 1, 1))
-    if w > 0.8 * sysc.hbm_bytes:
+    widest = Parallelism(tp=tmax, ep=tmax if arch.is_moe else 1)
+    w = float(compose.weights_bytes_per_gpu(arch, widest))
+    if w > 0.8 * sysc.hbm_bytes:  # 80 %: leave room for activations and some KV cache
         for pp in (2, 4):
             if tmax * pp <= total_gpus:
-                out.append((tmax, pp, tmax if arch.is_moe else 1, 1))
+                out.append(Parallelism(tp=tmax, pp=pp, ep=widest.ep))
     return out
 
 
@@ -170,96 +165,57 @@ def _pareto_mask(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return keep
 
 
-def _kv_dtype(arch: ModelArch) -> str:
-    return "fp8" if arch.kv_dtype == "fp8" else "auto"
+def batch_grid(grid: np.ndarray, cap: int | None) -> np.ndarray:
+    """The swept batches no larger than engine.max_batch_size, and the cap itself (so it can be picked)."""
+    if cap is None:
+        return grid
+    return np.unique(np.append(grid[grid <= cap], float(cap)))
 
 
-def _agg_role(
-    arch: ModelArch, cfg: tuple[int, int, int, int], b: int, ctx: int, isl: int, osl: int
-) -> RolePlan:
-    tp, pp, ep, dp = cfg
-    return RolePlan(
-        role="agg",
-        tp=tp,
-        pp=pp,
-        ep=ep,
-        attention_dp=dp,
-        workers=1,
-        max_batch_size=int(b),
-        max_num_tokens=int(ctx + b),
-        max_seq_len=isl + osl,
-        enable_chunked_prefill=False,
-        free_gpu_memory_fraction=DEFAULT_FREE_GPU_MEMORY_FRACTION,
-        kv_cache_dtype=_kv_dtype(arch),
-        tokens_per_block=DEFAULT_TOKENS_PER_BLOCK,
+def _free_fraction(o: EngineOverrides) -> float:
+    return (
+        DEFAULT_FREE_GPU_MEMORY_FRACTION if o.free_gpu_memory_fraction is None else o.free_gpu_memory_fraction
     )
-
-
-def _disagg_roles(
-    arch: ModelArch,
-    pc: tuple[int, int, int, int],
-    dc: tuple[int, int, int, int],
-    d_bs: int,
-    x: int,
-    y: int,
-    isl: int,
-    osl: int,
-) -> tuple[RolePlan, RolePlan]:
-    common = {
-        "max_seq_len": isl + osl,
-        "enable_chunked_prefill": False,
-        "free_gpu_memory_fraction": DEFAULT_FREE_GPU_MEMORY_FRACTION,
-        "kv_cache_dtype": _kv_dtype(arch),
-        "tokens_per_block": DEFAULT_TOKENS_PER_BLOCK,
-    }
-    pre = RolePlan(
-        role="prefill",
-        tp=pc[0],
-        pp=pc[1],
-        ep=pc[2],
-        attention_dp=pc[3],
-        workers=int(x),
-        max_batch_size=1,
-        max_num_tokens=round_up(isl, 64),
-        **common,
-    )
-    dec = RolePlan(
-        role="decode",
-        tp=dc[0],
-        pp=dc[1],
-        ep=dc[2],
-        attention_dp=dc[3],
-        workers=int(y),
-        max_batch_size=int(d_bs),
-        max_num_tokens=round_up(int(d_bs), 32),
-        **common,
-    )
-    return pre, dec
 
 
 def _sweep_agg(
-    arch: ModelArch, sysc: SystemSpec, configs: list, total: int, isl: int, osl: int
+    arch: ModelArch,
+    sysc: SystemSpec,
+    configs: list[Parallelism],
+    total: int,
+    isl: int,
+    osl: int,
+    o: EngineOverrides,
 ) -> dict[str, Any]:
-    """Every (config, batch, ctx_tokens) point as flat arrays."""
-    # ctx_tokens: whole prompts up to max(8192, 2·isl) tokens per step, never more prompts than the batch.
-    kmax = min(int(np.ceil(max(8192, 2 * isl) / isl)), int(AGG_BATCHES.max()))
-    ks = np.arange(1, kmax + 1, dtype=float)[:, None]
-    b = AGG_BATCHES[None, :]
-    cols: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("cfg", "b", "ctx", "ttft", "tpot", "tpg", "cl", "mem", "ok")
-    }
-    for ci, (tp, pp, ep, dp) in enumerate(configs):
+    """Every (config, batch, ctx_tokens) point as flat arrays, under the role's engine overrides `o`.
+
+    Without engine.max_num_tokens, ctx_tokens sweeps whole prompts up to max(8192, 2·isl) tokens per step
+    (never more prompts than the batch less one) and max_num_tokens = ctx + batch; with it, ctx_tokens is
+    what that budget holds (plan.agg_ctx_tokens) and a batch that leaves no room for a prompt is skipped.
+    """
+    b = batch_grid(AGG_BATCHES, o.max_batch_size)[None, :]
+    chunked = bool(o.enable_chunked_prefill)
+    if o.max_num_tokens is None:
+        kmax = min(int(np.ceil(max(8192, 2 * isl) / isl)), int(AGG_BATCHES.max()))
+        ks = np.arange(1, kmax + 1, dtype=float)[:, None]
         ctx = np.broadcast_to(ks * isl, (ks.size, b.size))
         bb = np.broadcast_to(b, ctx.shape)
         valid = (bb - ks >= 1) | ((bb == 1) & (ks == 1))
-        mem = compose.memory_parts(
-            arch, sysc, tp, ep, dp, pp, ctx + bb, bb, isl + osl, DEFAULT_FREE_GPU_MEMORY_FRACTION
-        )
+    else:
+        bb = b
+        ctx = np.asarray(agg_ctx_tokens(o.max_num_tokens, bb, isl, chunked), dtype=float)
+        valid = takes_a_prompt(o.max_num_tokens, bb, isl, chunked, "agg")
+    mnt = max_num_tokens("agg", isl, bb, ctx, o)
+    cols: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("cfg", "b", "ctx", "ttft", "tpot", "tpg", "cl", "mem", "ok")
+    }
+    for ci, par in enumerate(configs):
+        mem = compose.memory_parts(arch, sysc, par, mnt, bb, isl + osl, _free_fraction(o))
         ok = valid & mem["fits"]
         if not ok.any():
             continue
-        m = compose.agg_metrics(arch, sysc, tp, ep, dp, pp, bb[ok], ctx[ok], isl, osl)
-        gpus = tp * pp * dp
+        m = compose.agg_metrics(arch, sysc, par, bb[ok], ctx[ok], isl, osl)
+        gpus = par.gpus
         reps = total // gpus
         cols["cfg"].append(np.full(m["tpot_ms"].shape, ci))
         cols["b"].append(bb[ok])
@@ -275,41 +231,44 @@ def _sweep_agg(
 def _sweep_disagg(
     arch: ModelArch,
     sysc: SystemSpec,
-    configs: list,
+    configs: list[Parallelism],
     total: int,
     per_node: int,
     isl: int,
     osl: int,
     ttft_lim: float,
+    op: EngineOverrides,
+    od: EngineOverrides,
 ) -> dict[str, Any]:
     """Best (prefill config, x, y) for every (decode config, decode batch), as flat arrays.
 
+    Prefill workers run batch 1 under their overrides `op`; decode batches are capped by
+    od.max_batch_size; each role's max_num_tokens and free_gpu_memory_fraction enter its memory fit.
     For each y the best x balances the two rates: x ∈ {floor, ceil}(0.92·y·D / (0.9·P)).
     """
-    pcfg = np.array(configs, dtype=float)  # (P, 4)
-    ptp, ppp, pep, pdp = pcfg.T
-    p_gpus = ptp * ppp * pdp
-    t_pre = compose.prefill_ms(arch, sysc, ptp, pep, pdp, ppp, 1.0, isl)
-    pmem = compose.memory_parts(
-        arch, sysc, ptp, pep, pdp, ppp, round_up(isl, 64), 1.0, isl + osl, DEFAULT_FREE_GPU_MEMORY_FRACTION
-    )
-    p_rate, _, ttft_core, _ = compose.disagg_rates(t_pre, 1.0, pdp, 1.0, 1.0, 1.0, osl)
-    p_ok = pmem["fits"]
+    pgrid = ParallelismGrid.of(configs)
+    p_gpus = pgrid.gpus
+    t_pre = compose.prefill_ms(arch, sysc, pgrid, 1.0, isl)
+    p_mnt = max_num_tokens("prefill", isl, 1, overrides=op)
+    pmem = compose.memory_parts(arch, sysc, pgrid, p_mnt, 1.0, isl + osl, _free_fraction(op))
+    p_rate, _, ttft_core, _ = compose.disagg_rates(t_pre, 1.0, pgrid.attention_dp, 1.0, 1.0, 1.0, osl)
+    p_ok = pmem["fits"] & takes_a_prompt(p_mnt, 1, isl, bool(op.enable_chunked_prefill), "prefill")
     rows: dict[str, list[np.ndarray]] = {
         k: [] for k in ("dcfg", "b", "pcfg", "x", "y", "ttft", "tpot", "tpg", "cl", "mem", "conc")
     }
     yv = np.arange(1, MAX_WORKERS + 1, dtype=float)
-    for di, (tp, pp, ep, dp) in enumerate(configs):
-        b = DECODE_BATCHES
-        dmem = compose.memory_parts(
-            arch, sysc, tp, ep, dp, pp, np.ceil(b / 32) * 32, b, isl + osl, DEFAULT_FREE_GPU_MEMORY_FRACTION
-        )
+    batches = batch_grid(DECODE_BATCHES, od.max_batch_size)
+    for di, par in enumerate(configs):
+        b = batches
+        d_mnt = max_num_tokens("decode", isl, b, overrides=od)
+        dmem = compose.memory_parts(arch, sysc, par, d_mnt, b, isl + osl, _free_fraction(od))
         ok = dmem["fits"]
         if not ok.any() or not p_ok.any():
             continue
         b = b[ok]
-        d_gpus = tp * pp * dp
-        raw = compose.decode_tpot_ms(arch, sysc, tp, ep, dp, pp, b, isl, osl)
+        dp = par.attention_dp
+        d_gpus = par.gpus
+        raw = compose.decode_tpot_ms(arch, sysc, par, b, isl, osl)
         _, d_rate, _, tpot = compose.disagg_rates(1.0, 1.0, 1.0, raw, b, dp, osl)
         # shapes: (B, P, Y, 2)
         dr = d_rate[:, None, None, None]
@@ -358,9 +317,9 @@ def _validate(
             raise InputError(
                 f"{name} must be a positive integer (got {v!r})", hint=f"pass --{name.replace('_', '-')} > 0"
             )
-    for name, v in (("ttft_ms", ttft_ms), ("tpot_ms", tpot_ms)):
-        if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
-            raise InputError(f"{name} must be > 0 (got {v!r})", hint="pass the SLA limit in milliseconds")
+    for name, limit in (("ttft_ms", ttft_ms), ("tpot_ms", tpot_ms)):
+        if isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0:
+            raise InputError(f"{name} must be > 0 (got {limit!r})", hint="pass the SLA limit in milliseconds")
     bad = [m for m in modes if m not in ("agg", "disagg")]
     if bad or not modes:
         raise InputError(
@@ -379,8 +338,13 @@ def search(
     modes: tuple[str, ...] | list[str] = ("agg", "disagg"),
     top_n: int = 3,
     gpus_per_node: int | None = None,
+    engine: Mapping[Role, EngineOverrides] | None = None,
 ) -> SearchResult:
     """Sweep agg and/or disagg deployments of `model` on `total_gpus` GPUs of `system`.
+
+    `engine` holds the engine settings the pipeline fixes per role (engine.<role> over engine.*): the
+    sweep caps each role's batch at its max_batch_size and fits memory with its max_num_tokens and
+    free_gpu_memory_fraction, and every candidate plan carries them, so a picked plan is deployed as is.
 
     Rank by cluster tokens/s/gpu (replicas = floor(total/GPUs per replica); idle GPUs count) among
     candidates meeting TTFT ≤ ttft_ms and TPOT ≤ tpot_ms and fitting in memory; keep the best per
@@ -395,35 +359,55 @@ def search(
             f"gpus_per_node must be > 0 (got {per_node})", hint="pass a positive GPU count per node"
         )
     configs = _configs(arch, total_gpus, per_node, sysc)
+    fixed = dict(engine or {})
+    overrides: dict[Role, EngineOverrides] = {
+        r: fixed.get(r, NO_OVERRIDES) for r in ("agg", "prefill", "decode")
+    }
+    kv_dtype = kv_cache_dtype(arch)
     top: dict[str, list[Candidate]] = {}
     frontier: dict[str, dict[str, np.ndarray]] = {}
     closest: list[Candidate] = []
     for mode in modes:
         if mode == "agg":
-            pts = _sweep_agg(arch, sysc, configs, total_gpus, isl, osl)
+            pts = _sweep_agg(arch, sysc, configs, total_gpus, isl, osl, overrides["agg"])
             key = pts["cfg"]
 
             def make(i: int, pts: dict[str, Any] = pts) -> Candidate:
-                cfg = configs[int(pts["cfg"][i])]
-                role = _agg_role(arch, cfg, int(pts["b"][i]), int(pts["ctx"][i]), isl, osl)
+                par = configs[int(pts["cfg"][i])]
+                role = role_plan(
+                    "agg",
+                    par,
+                    1,
+                    int(pts["b"][i]),
+                    isl,
+                    osl,
+                    kv_dtype,
+                    overrides["agg"],
+                    ctx_tokens=int(pts["ctx"][i]),
+                )
                 gpus = role.gpus_per_worker
                 plan = Plan("agg", arch.name, sysc.name, (role,), total_gpus // gpus, isl, osl)
                 return _candidate(plan, total_gpus, ttft_ms, tpot_ms)
         else:
-            pts = _sweep_disagg(arch, sysc, configs, total_gpus, per_node, isl, osl, ttft_ms)
+            pts = _sweep_disagg(
+                arch,
+                sysc,
+                configs,
+                total_gpus,
+                per_node,
+                isl,
+                osl,
+                ttft_ms,
+                overrides["prefill"],
+                overrides["decode"],
+            )
             key = pts["dcfg"]
 
             def make(i: int, pts: dict[str, Any] = pts) -> Candidate:
-                pre, dec = _disagg_roles(
-                    arch,
-                    configs[int(pts["pcfg"][i])],
-                    configs[int(pts["dcfg"][i])],
-                    int(pts["b"][i]),
-                    int(pts["x"][i]),
-                    int(pts["y"][i]),
-                    isl,
-                    osl,
-                )
+                pc, dc = configs[int(pts["pcfg"][i])], configs[int(pts["dcfg"][i])]
+                x, y, b = int(pts["x"][i]), int(pts["y"][i]), int(pts["b"][i])
+                pre = role_plan("prefill", pc, x, 1, isl, osl, kv_dtype, overrides["prefill"])
+                dec = role_plan("decode", dc, y, b, isl, osl, kv_dtype, overrides["decode"])
                 gpr = pre.gpus_per_worker * pre.workers + dec.gpus_per_worker * dec.workers
                 plan = Plan("disagg", arch.name, sysc.name, (pre, dec), total_gpus // gpr, isl, osl)
                 return _candidate(plan, total_gpus, ttft_ms, tpot_ms)
@@ -447,7 +431,10 @@ def search(
             "index": np.flatnonzero(fm)[order],
         }
         meets = ttft_ok & (pts["tpot"] <= tpot_ms)
-        top[mode] = [make(i) for i in _best_per_group(np.where(meets, cl, -np.inf), user, key, top_n)]
+        picked = [make(i) for i in _best_per_group(np.where(meets, cl, -np.inf), user, key, top_n)]
+        # The sweep's arrays and estimate() compute the same numbers; a plan is kept only if what is
+        # recorded for it (its estimate) meets the SLA too.
+        top[mode] = [c for c in picked if c.meets_sla]
         # Least-violating points, kept for the "nothing meets the SLA" report.
         viol = np.maximum(pts["ttft"] / ttft_ms, pts["tpot"] / tpot_ms)
         closest += [make(i) for i in _best_per_group(-viol, cl, key, top_n)]

@@ -7,6 +7,7 @@ from typing import Any
 
 from automation.config import PipelineConfig
 from automation.contracts import BuildOutputs, recorded
+from automation.docker_engine import DockerEngine
 from automation.errors import NotImplementedStageError, StageError
 from automation.remote import host_for
 from automation.stage import Check, Stage, StageContext
@@ -45,40 +46,51 @@ class Build(Stage):
                 f"dynamo.image_source '{source}' is not implemented yet",
                 hint="build or load the image on every node yourself and set dynamo.image_source: present",
             )
-        from automation.docker_engine import DockerEngine
-
-        image = config.dynamo.image or ""
+        image = config.dynamo.image
+        if not image:
+            raise StageError(
+                "dynamo.image is not set, and launch.runtime: container needs one",
+                hint="set dynamo.image to the Dynamo/TRT-LLM image, or launch.runtime: host",
+            )
         images: dict[str, str] = {}
         for node in config.cluster.nodes:
-            ctx.display.status(f"{image} on {node.name}")
-            engine = DockerEngine(host_for(config, node))
+            name = node.name or node.host
+            ctx.display.status(f"{image} on {name}")
+            host = host_for(config, node)
             try:
+                engine = DockerEngine(host)
                 if source == "pull":
-                    engine.ensure_image(image, "dynamo.image")
-                elif not engine.image_present(image):
-                    raise StageError(
-                        f"image {image} is not on {node.name} (dynamo.image_source: present)",
-                        hint="docker pull / docker load it there, or set dynamo.image_source: pull",
-                    )
-                images[node.name] = engine.image_id(image)
+                    images[name] = engine.ensure_image(image, "dynamo.image")
+                else:
+                    found = engine.image_id(image)
+                    if found is None:
+                        raise StageError(
+                            f"image {image} is not on {name} (dynamo.image_source: present)",
+                            hint="docker pull / docker load it there, or set dynamo.image_source: pull",
+                            host=name,
+                        )
+                    images[name] = found
             finally:
-                engine.close()
+                host.close()
+            ctx.log.info("%s: %s is %s", name, image, images[name])
         return BuildOutputs(image=image, images=images)
 
     def verify(self, ctx: StageContext, record: StageRecord) -> Check:
         outputs = recorded(BuildOutputs, record.outputs)
         if outputs is None or not outputs.image:
             return Check.still_valid("no image needed (launch.runtime: host)")
-        from automation.docker_engine import DockerEngine
-
         for node in ctx.config.cluster.nodes:
-            engine = DockerEngine(host_for(ctx.config, node))
+            name = node.name or node.host
+            host = host_for(ctx.config, node)
             try:
-                if not engine.image_present(outputs.image):
-                    return Check.stale(f"the image is no longer on {node.name}")
+                now = DockerEngine(host).image_id(outputs.image)
             finally:
-                engine.close()
-        return Check.still_valid("image present on every node")
+                host.close()
+            if now is None:
+                return Check.stale(f"the image is no longer on {name}")
+            if now != outputs.images.get(name):
+                return Check.stale(f"{outputs.image} on {name} is another image now ({now[:19]})")
+        return Check.still_valid("the image is unchanged on every node")
 
     def describe(self, outputs: BuildOutputs) -> str:
         return outputs.image or "no image (host runtime)"

@@ -5,14 +5,16 @@ from __future__ import annotations
 import fnmatch
 import os
 import shlex
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from automation.config import Node, PipelineConfig
+from automation.console import ProgressTask, StageDisplay
 from automation.contracts import CheckpointOutputs, NodeInventory, recorded
-from automation.errors import InputError, StageError
+from automation.errors import AutodeployError, InputError, StageError
 from automation.redact import hub_token
 from automation.remote import Host, LocalHost, host_for
 from automation.stage import Check, Stage, StageContext
@@ -109,13 +111,69 @@ def check_files(host: Host, path: str, manifest: Manifest, hashes: bool) -> dict
     return problems
 
 
+@dataclass(frozen=True)
+class NodeCopy:
+    """One node's part of a copy: where the checkpoint goes there, and which of its files to send."""
+
+    host: Host
+    path: str  # resolved (no ~)
+    files: tuple[str, ...]  # relative to the source directory
+
+
+def copy_to_nodes(source: Path, copies: Sequence[NodeCopy], display: StageDisplay) -> dict[str, int]:
+    """Send every node its files from `source`, all nodes at once; returns the bytes sent, by node.
+
+    A thread per node, each on its own Host (its own connection), with a progress bar per node in MB.
+    Every copy runs to its end; then the failures are raised (one node's, or a summary naming all).
+    """
+    sent = {copy.host.name: 0 for copy in copies}
+    failures: dict[str, BaseException] = {}
+
+    def send(copy: NodeCopy, task: ProgressTask) -> None:
+        name = copy.host.name
+
+        def advance(count: int) -> None:
+            sent[name] += count
+            task.update(completed=round(sent[name] / 1e6, 1))
+
+        try:
+            copy.host.put(source, copy.path, files=copy.files, progress=advance)
+        except BaseException as exc:  # handed to the caller's thread below
+            failures[name] = exc
+
+    threads = []
+    for copy in copies:  # the bars are made here, so they show in the nodes' order
+        total = sum((source / file).stat().st_size for file in copy.files)
+        task = display.progress(f"copying to {copy.host.name} (MB)", total=round(total / 1e6, 1))
+        threads.append(
+            threading.Thread(target=send, args=(copy, task), name=f"copy-{copy.host.name}", daemon=True)
+        )
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    errors = [failures[c.host.name] for c in copies if c.host.name in failures]
+    if not errors:
+        return sent
+    first = errors[0]
+    if len(errors) == 1 or not all(isinstance(e, AutodeployError) for e in errors):
+        raise first
+    assert isinstance(first, AutodeployError)
+    names = [c.host.name for c in copies if c.host.name in failures]
+    raise StageError(
+        f"copying the checkpoint failed on {', '.join(names)}; {names[0]}: {first.message}",
+        hint=first.hint,
+        nodes=names,
+    )
+
+
 class Checkpoint(Stage):
     """The checkpoint on every node (or once, on shared storage).
 
     source hub: the file list is read from the hub at model.revision (resolved to a commit); a node
     whose copy already has every file at the right size and sha256 is left alone; otherwise the files
     are downloaded with huggingface_hub (into model.path when node 0 is this machine, else into a
-    staging directory here) and copied to the nodes that need them, then checked.
+    staging directory here) and each node is sent the files it lacks (all nodes at once), then checked.
     source present: verifies a copy that is already there.
     Done: every node's copy checked; file count and bytes recorded. Verify: a cheap count-and-size check.
     """
@@ -167,8 +225,9 @@ class Checkpoint(Stage):
             manifest.bytes,
         )
         hosts = [host_for(config, node) for node in nodes]
+        copied: dict[str, int] = {}
         try:
-            paths = [host.expand(config.model.path or "") for host in hosts]
+            paths = [host.path(config.model.path or "") for host in hosts]
             # Checked once per node (sizes, then sha256 of LFS files); hashing a big checkpoint is slow.
             problems = [check_files(h, p, manifest, True) for h, p in zip(hosts, paths, strict=True)]
             missing = [i for i, found in enumerate(problems) if found]
@@ -182,11 +241,15 @@ class Checkpoint(Stage):
                     else check_files(LocalHost("controller", "127.0.0.1"), str(source), manifest, True)
                 )
                 self._download(ctx, manifest, source, token, sorted(stale))
-                for i in missing:
-                    if isinstance(hosts[i], LocalHost) and paths[i] == str(source):
-                        continue
-                    ctx.display.status(f"copying to {hosts[i].name}")
-                    hosts[i].put(source, paths[i])
+                # Each node is sent only what its check found missing or wrong, all nodes at once.
+                copies = [
+                    NodeCopy(hosts[i], paths[i], tuple(sorted(problems[i])))
+                    for i in missing
+                    if not (isinstance(hosts[i], LocalHost) and paths[i] == str(source))
+                ]
+                if copies:
+                    ctx.display.status(f"copying to {', '.join(c.host.name for c in copies)}")
+                    copied = copy_to_nodes(source, copies, ctx.display)
                 for i in missing:
                     left = check_files(hosts[i], paths[i], manifest, True)
                     if left:
@@ -204,6 +267,7 @@ class Checkpoint(Stage):
             "repo": manifest.repo,
             "commit": manifest.commit,
             "downloaded_to": [hosts[i].name for i in missing],
+            "copied_bytes": copied,
         }
 
     def _download(
@@ -257,7 +321,7 @@ class Checkpoint(Stage):
     def _inventory(self, config: PipelineConfig, node: Any) -> dict[str, int]:
         host = host_for(config, node)
         try:
-            path = host.expand(config.model.path or "")
+            path = host.path(config.model.path or "")
             listing = host.run(
                 f"test -f {shlex.quote(path)}/config.json && find {shlex.quote(path)}/ -type f "
                 f"-not -path '*/{_HUB_METADATA}/*' -printf '%s\\n'",

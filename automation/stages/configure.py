@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from automation.config import PipelineConfig
 from automation.contracts import ConfigureOutputs
 from automation.errors import StageError
 from automation.stage import Stage, StageContext
 
-# Engine settings from the pipeline file that replace what the sweep chose, per role.
-_OVERRIDABLE = (
-    "free_gpu_memory_fraction",
-    "max_batch_size",
-    "max_num_tokens",
-    "enable_chunked_prefill",
-    "tokens_per_block",
-    "kv_cache_dtype",
-)
+if TYPE_CHECKING:
+    from automation.perfmodel.plan import EngineOverrides, Role
 
 
 def model_reference(config: PipelineConfig) -> str:
@@ -28,20 +20,11 @@ def model_reference(config: PipelineConfig) -> str:
     return str(config.model.config_dir) if config.model.config_dir else config.model.hf_id
 
 
-def apply_engine_settings(plan: Any, config: PipelineConfig) -> Any:
-    """The plan with the pipeline's engine settings (shared, then per role) in place of the sweep's.
+def engine_overrides(config: PipelineConfig) -> dict[Role, EngineOverrides]:
+    """The pipeline's engine settings per role (engine.<role> over engine.*), as the sweep takes them."""
+    from automation.perfmodel.plan import ROLES, EngineOverrides
 
-    The prediction is then recomputed for this plan, so what is predicted is what generate deploys.
-    """
-    from automation.perfmodel import Plan
-
-    roles = []
-    for role in plan.roles:
-        settings = config.engine.for_role(role.role)
-        changes = {key: settings[key] for key in _OVERRIDABLE if settings.get(key) is not None}
-        roles.append(dataclasses.replace(role, **changes))
-    result: Plan = dataclasses.replace(plan, roles=tuple(roles))
-    return result
+    return {role: EngineOverrides.from_settings(config.engine.for_role(role)) for role in ROLES}
 
 
 class Configure(Stage):
@@ -56,7 +39,7 @@ class Configure(Stage):
     summary = "sweep the performance model, pick the best config under the SLA"
     needs = ()
     Outputs = ConfigureOutputs
-    revision = 2
+    revision = 3  # 3: the sweep honours the engine settings; decode max_num_tokens holds a prompt
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
         return {
@@ -70,7 +53,7 @@ class Configure(Stage):
         }
 
     def run(self, ctx: StageContext) -> ConfigureOutputs:
-        from automation.perfmodel import estimate, search
+        from automation.perfmodel import search
         from automation.perfmodel.report import write_search_report
 
         config = ctx.config
@@ -87,6 +70,7 @@ class Configure(Stage):
             top_n=config.search.top_n,
             # A worker must fit on one node; the smallest node bounds it.
             gpus_per_node=min(node.gpus for node in config.cluster.nodes),
+            engine=engine_overrides(config),
         )
         directory = ctx.path("configure")
         directory.mkdir(parents=True, exist_ok=True)
@@ -101,19 +85,19 @@ class Configure(Stage):
             )
             raise StageError(
                 f"no configuration meets the SLA (TTFT ≤ {config.sla.ttft_ms:g} ms, TPOT ≤ {config.sla.tpot_ms:g} ms) "
-                f"for {config.model.hf_id} on {config.search.total_gpus} × {config.system}{near}",
+                f"for {config.model.hf_id} on {config.search.total_gpus or config.cluster_gpus} × {config.system}{near}",
                 hint="relax sla.ttft_ms / sla.tpot_ms, add GPUs, or change the workload; "
                 "configure/search.json lists the closest candidates",
             )
         best = result.best
         assert best is not None
-        plan = apply_engine_settings(best.plan, config)
-        prediction = estimate(plan)
-        if not prediction.fits:
+        # The sweep planned with the pipeline's engine settings: its pick is deployed as it is, and its
+        # prediction (estimate of exactly this plan) met the SLA and fits in memory.
+        plan, prediction = best.plan, best.prediction
+        if not (best.meets_sla and prediction.fits):
             raise StageError(
-                f"with the engine settings of the pipeline file the picked config needs "
-                f"{prediction.memory_gib_per_gpu:.1f} GiB per GPU, more than a {config.system} GPU has",
-                hint="lower engine.max_batch_size / max_num_tokens or raise free_gpu_memory_fraction",
+                f"the picked {plan.mode} plan ({plan.layout()}) does not meet the SLA by its own estimate",
+                hint="this is a bug in the performance model's sweep; report it with configure/search.json",
             )
         ctx.log.info("picked %s: %s", result.winner, json.dumps(plan.to_dict()))
         return ConfigureOutputs(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 import shlex
 import shutil
 from collections.abc import Mapping
@@ -27,14 +28,27 @@ from automation.engine_config import (
 )
 from automation.errors import InputError
 from automation.perfmodel.plan import Plan, RolePlan
-from automation.placement import NodeSpec, Placement, Worker, assign_ports, place
+from automation.placement import (
+    Frontend,
+    InfraEndpoints,
+    ModelRef,
+    NodeSpec,
+    PlacedNode,
+    Placement,
+    Worker,
+    assign_ports,
+    on_node,
+    place,
+)
 from automation.stage import Check, Stage, StageContext
 from automation.state import StageRecord
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# Dynamo reports a worker healthy once these endpoints serve (DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS).
 HEALTH_STATUS = '["generate"]'
-STOP_GRACE_S = 20
-SCHEMA_VERSION = 1
+STOP_GRACE_S = 20  # seconds between TERM and KILL when a node script stops (docs/decisions.md, generate)
+# What bash accepts after `export` (POSIX names); anything else would be parsed as shell code.
+SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _environment() -> jinja2.Environment:
@@ -50,6 +64,7 @@ def _environment() -> jinja2.Environment:
         comment_end_string="##}",
     )
     env.filters["sh"] = sh_quote
+    env.filters["one_line"] = one_line
     return env
 
 
@@ -90,14 +105,41 @@ def sh_quote(value: Any) -> str:
     return shlex.quote(text)
 
 
+def one_line(value: Any) -> str:
+    """Text for a comment line of a script or YAML file: control characters (a newline would end the comment
+    and start code or keys) are written as escapes, e.g. \\n."""
+    text = str(value)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+class Expansion(str):
+    """A shell word generate writes on purpose unquoted ("$PYTHON", "$SCRIPT_DIR/agg_config.yaml"): only
+    words built from this class escape quoting, never a value that came from the pipeline file."""
+
+
 def _sh_words(words: list[str]) -> str:
-    """A command line, one option per line; words starting with "$ are expansions we mean, kept as they are."""
+    """A command line, one option per line; every word is quoted except Expansion words."""
     lines: list[list[str]] = [[]]
     for word in words:
         if word.startswith("--"):
             lines.append([])
-        lines[-1].append(word if word.startswith('"$') else shlex.quote(word))
+        lines[-1].append(str(word) if isinstance(word, Expansion) else shlex.quote(word))
     return " \\\n    ".join(" ".join(line) for line in lines if line)
+
+
+def shell_env(items: list[tuple[str, str]], where: str) -> list[tuple[str, str]]:
+    """(name, value) pairs for `export NAME=value` lines: names must be shell names (values are quoted).
+
+    Raises:
+        InputError: a name bash would read as code, naming the field.
+    """
+    for name, _ in items:
+        if not SHELL_NAME.fullmatch(name):
+            raise InputError(
+                f"{where}: {name!r} is not an environment variable name",
+                hint="use letters, digits and underscores, not starting with a digit",
+            )
+    return items
 
 
 def _extra_for(config: PipelineConfig, role: str, family: TrtllmFamily) -> dict[str, Any]:
@@ -115,7 +157,9 @@ def _check_plan(plan: Plan) -> None:
     want = ["agg"] if plan.mode == "agg" else ["prefill", "decode"]
     order = {"agg": 0, "prefill": 1, "decode": 2}
     got = sorted((r.role for r in plan.roles), key=lambda name: order.get(name, len(order)))
-    numbers = [plan.replicas] + [v for r in plan.roles for v in (r.tp, r.pp, r.workers, r.max_batch_size)]
+    numbers = [plan.replicas] + [
+        v for r in plan.roles for v in (r.parallelism.tp, r.parallelism.pp, r.workers, r.max_batch_size)
+    ]
     if plan.mode not in ("agg", "disagg") or got != want or min(numbers) < 1:
         raise InputError(
             f"the recorded plan cannot be deployed: mode {plan.mode!r}, roles {got}, replicas {plan.replicas}",
@@ -147,26 +191,28 @@ class Generator:
     # ------------------------------------------------------------------------------------------ place
 
     def _place(self) -> Placement:
+        """Place the workers, give them ports and names, and write it all down as the placement document."""
+        config, plan = self.config, self.plan
         nodes = [
             NodeSpec(index=i, name=str(n.name), address=str(n.address), gpus=n.gpus)
-            for i, n in enumerate(self.config.cluster.nodes)
+            for i, n in enumerate(config.cluster.nodes)
         ]
-        placement = place(self.plan, nodes)
-        infra = self.config.infra
+        workers = place(plan, nodes)
+        infra = config.infra
+        head = str(self.head.address)
         reserved = {
-            str(self.head.address): {
-                self.config.dynamo.frontend_port,
+            head: {
+                config.dynamo.frontend_port,
                 infra.etcd_port,
                 infra.etcd_peer_port,
                 infra.nats_port,
                 infra.nats_monitor_port,
             }
         }
-        assign_ports(placement, self.config.launch.system_port_base, reserved)
-        placement.frontend_port = self.config.dynamo.frontend_port
+        assign_ports(workers, config.launch.system_port_base, reserved)
         components = self._components()
-        ns = self.config.dynamo.namespace
-        for w in placement.workers:
+        ns = config.dynamo.namespace
+        for w in workers:
             w.component = components[w.role]
             w.endpoint = f"dyn://{ns}.{w.component}.generate"
             w.config = config_file(w.role)
@@ -174,14 +220,55 @@ class Generator:
             if self.mocker:
                 w.mocker_config = f"mocker/{w.id}.json"
         counts: dict[str, int] = {}
-        for w in placement.workers:
+        for w in workers:
             counts[w.component] = counts.get(w.component, 0) + 1
-        placement.expected_instances = dict(sorted(counts.items()))
-        return placement
+        frontend_node = 0  # the head: etcd and NATS run there too
+        placed = []
+        for n in nodes:
+            on = on_node(workers, n.index)
+            placed.append(
+                PlacedNode(
+                    index=n.index,
+                    name=n.name,
+                    address=n.address,
+                    gpus=n.gpus,
+                    gpus_used=sum(len(w.gpus) for w in on),
+                    script=f"node_{n.index}_run.sh" if n.index == frontend_node or on else None,
+                    frontend=n.index == frontend_node,
+                    workers=[w.id for w in on],
+                )
+            )
+        port = config.dynamo.frontend_port
+        return Placement(
+            run=config.name,
+            engine=config.launch.engine,
+            mode=plan.mode,
+            dynamo_version=config.dynamo.version,
+            trtllm_version=self.trtllm_version,
+            namespace=ns,
+            model=ModelRef(path=config.model.path, served_name=config.model.served_name),
+            replicas=plan.replicas,
+            gpus_per_replica=plan.gpus_per_replica,
+            total_gpus=plan.total_gpus,
+            frontend=Frontend(
+                node=frontend_node,
+                name=nodes[frontend_node].name,
+                address=head,
+                port=port,
+                url=f"http://{head}:{port}",
+            ),
+            infra=InfraEndpoints(
+                etcd=f"http://{head}:{infra.etcd_port}", nats=f"nats://{head}:{infra.nats_port}"
+            ),
+            expected_instances=dict(sorted(counts.items())),
+            nodes=placed,
+            workers=workers,
+        )
 
     def _components(self) -> dict[str, str]:
+        """Dynamo component name of each role's workers (the mocker registers under its own names)."""
         if self.mocker:
-            return dict(versions_data()["mocker"]["components"])
+            return {str(k): str(v) for k, v in versions_data()["mocker"]["components"].items()}
         return dict(self.dfam.components)
 
     # ----------------------------------------------------------------------------------------- render
@@ -194,10 +281,10 @@ class Generator:
         if self.mocker:
             self._mocker_files()
         for node in self.placement.nodes:
-            if node.index == 0 or self.placement.on_node(node.index):
-                self._text(f"node_{node.index}_run.sh", self._node_script(node))
+            if node.script:
+                self._text(node.script, self._node_script(node))
         self._text("k8s_deploy.yaml", self._k8s(engine_cfgs))
-        self._text("placement.json", json.dumps(self.placement_document(), indent=2) + "\n")
+        self._text("placement.json", self.placement.dump())
         self._text("README.md", self._readme())
         return dict(sorted(self.files.items()))
 
@@ -205,7 +292,7 @@ class Generator:
         self.files[path] = text.encode()
 
     def _engine_configs(self) -> dict[str, dict[str, Any]]:
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         for role in self.plan.roles:
             extra = _extra_for(self.config, role.role, self.tfam)
             out[role.role] = engine_config(self.plan, role, self.tfam, extra, f"engine.{role.role}.extra")
@@ -266,9 +353,9 @@ class Generator:
         """The worker's command after `env VAR=... `; $PYTHON, $MODEL_PATH etc. are expanded by the script."""
         if self.mocker:
             mod = versions_data()["mocker"]["module"]
-            words = ['"$PYTHON"', "-m", mod, "--model-path", '"$MODEL_PATH"']
-            words += ["--model-name", '"$SERVED_MODEL_NAME"']
-            words += ["--extra-engine-args", f'"$RESOLVED_DIR/{Path(str(w.mocker_config)).name}"']
+            words = [PYTHON, "-m", mod, "--model-path", MODEL_PATH]
+            words += ["--model-name", SERVED_MODEL_NAME]
+            words += ["--extra-engine-args", Expansion(f'"$RESOLVED_DIR/{Path(str(w.mocker_config)).name}"')]
             words += ["--endpoint", w.endpoint]
             if w.role != "agg":
                 words += ["--disaggregation-mode", w.role]
@@ -276,9 +363,9 @@ class Generator:
             words += ["--kv-bytes-per-token", str(self.kv_bytes_per_token)]
             return words
         f = self.dfam
-        words = ['"$PYTHON"', "-m", "dynamo.trtllm", f.model_flag, '"$MODEL_PATH"']
-        words += ["--served-model-name", '"$SERVED_MODEL_NAME"']
-        words += ["--extra-engine-args", f'"$SCRIPT_DIR/{w.config}"']
+        words = [PYTHON, "-m", "dynamo.trtllm", f.model_flag, MODEL_PATH]
+        words += ["--served-model-name", SERVED_MODEL_NAME]
+        words += ["--extra-engine-args", Expansion(f'"$SCRIPT_DIR/{w.config}"')]
         words += ["--endpoint", w.endpoint]
         if w.role != "agg":
             words += ["--disaggregation-mode", w.role, *f.strategy_flag]
@@ -290,23 +377,23 @@ class Generator:
         return words
 
     def _frontend_words(self) -> list[str]:
-        return ['"$PYTHON"', "-m", "dynamo.frontend", *self._frontend_args()]
+        return [PYTHON, "-m", "dynamo.frontend", *self._frontend_args()]
 
     def _frontend_args(self) -> list[str]:
         d = self.config.dynamo
         return ["--http-port", str(d.frontend_port), "--router-mode", d.router_mode]
 
-    def _node_script(self, node: NodeSpec) -> str:
+    def _node_script(self, node: PlacedNode) -> str:
         workers = []
         for w in self.placement.on_node(node.index):
             words = ["env", *self._worker_env(w), *self._worker_words(w)]
-            workers.append({**w.__dict__, "command": _sh_words(words)})
+            workers.append({**w.model_dump(), "command": _sh_words(words)})
         launch = self.config.launch
         return self.env.get_template("dynamo/node_run.sh.j2").render(
             run_name=self.config.name,
             node=node,
             engine=launch.engine,
-            frontend=node.index == self.placement.frontend_node,
+            frontend=node.frontend,
             frontend_command=_sh_words(self._frontend_words()),
             workers=workers,
             mocker=self.mocker,
@@ -318,8 +405,8 @@ class Generator:
             namespace=self.config.dynamo.namespace,
             model_path=self.config.model.path,
             served_name=self.config.model.served_name,
-            env=sorted(launch.env.items()),
-            bind_env=[(name, node.address) for name in self.dfam.bind_address_env]
+            env=shell_env(sorted(launch.env.items()), "launch.env"),
+            bind_env=shell_env([(name, node.address) for name in self.dfam.bind_address_env], "versions.yaml")
             if _is_ip(node.address)
             else [],
         )
@@ -404,55 +491,6 @@ class Generator:
             service["subComponentType"] = role.role
         return service
 
-    # ---------------------------------------------------------------------------------- placement doc
-
-    def placement_document(self) -> dict[str, Any]:
-        p, c = self.placement, self.config
-        nodes = []
-        for n in p.nodes:
-            on = p.on_node(n.index)
-            has_script = n.index == 0 or bool(on)
-            nodes.append(
-                {
-                    "index": n.index,
-                    "name": n.name,
-                    "address": n.address,
-                    "gpus": n.gpus,
-                    "gpus_used": p.gpus_used(n.index),
-                    "script": f"node_{n.index}_run.sh" if has_script else None,
-                    "frontend": n.index == p.frontend_node,
-                    "workers": [w.id for w in on],
-                }
-            )
-        head = str(self.head.address)
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "run": c.name,
-            "engine": c.launch.engine,
-            "mode": self.plan.mode,
-            "dynamo_version": c.dynamo.version,
-            "trtllm_version": self.trtllm_version,
-            "namespace": c.dynamo.namespace,
-            "model": {"path": c.model.path, "served_name": c.model.served_name},
-            "replicas": self.plan.replicas,
-            "gpus_per_replica": self.plan.gpus_per_replica,
-            "total_gpus": self.plan.total_gpus,
-            "frontend": {
-                "node": p.frontend_node,
-                "name": p.nodes[p.frontend_node].name,
-                "address": head,
-                "port": p.frontend_port,
-                "url": f"http://{head}:{p.frontend_port}",
-            },
-            "infra": {
-                "etcd": f"http://{head}:{c.infra.etcd_port}",
-                "nats": f"nats://{head}:{c.infra.nats_port}",
-            },
-            "expected_instances": p.expected_instances,
-            "nodes": nodes,
-            "workers": [w.__dict__ for w in p.workers],
-        }
-
     # ----------------------------------------------------------------------------------------- readme
 
     def _readme(self) -> str:
@@ -460,10 +498,8 @@ class Generator:
         summary = describe_plan(self.plan, len(p.workers), c.launch.engine)
         nodes = []
         for n in p.nodes:
-            on = p.on_node(n.index)
-            parts = (["frontend"] if n.index == p.frontend_node else []) + [w.log_prefix[1:-1] for w in on]
-            script = f"node_{n.index}_run.sh" if (n.index == 0 or on) else None
-            nodes.append({**n.__dict__, "script": script, "processes": ", ".join(parts) or "—"})
+            parts = (["frontend"] if n.frontend else []) + [w.log_prefix[1:-1] for w in p.on_node(n.index)]
+            nodes.append({**n.model_dump(), "processes": ", ".join(parts) or "—"})
         expected = " + ".join(f"{k}: {v}" for k, v in p.expected_instances.items())
         return self.env.get_template("README.md.j2").render(
             run_name=c.name,
@@ -486,6 +522,12 @@ class Generator:
         )
 
 
+# The script's own variables, expanded where a worker's command line names them.
+PYTHON = Expansion('"$PYTHON"')
+MODEL_PATH = Expansion('"$MODEL_PATH"')
+SERVED_MODEL_NAME = Expansion('"$SERVED_MODEL_NAME"')
+
+
 def _is_ip(address: str) -> bool:
     """Dynamo's bind variables take addresses, not host names."""
     try:
@@ -497,7 +539,8 @@ def _is_ip(address: str) -> bool:
 
 def describe_plan(plan: Plan, workers: int, engine: str) -> str:
     roles = ", ".join(
-        f"{r.workers}× {r.role} (tp {r.tp}, pp {r.pp}, batch {r.max_batch_size})" for r in plan.roles
+        f"{r.workers}× {r.role} (tp {r.parallelism.tp}, pp {r.parallelism.pp}, batch {r.max_batch_size})"
+        for r in plan.roles
     )
     return f"{plan.mode}, {plan.replicas} replica(s) of {roles}; {workers} workers, {engine} engine"
 
@@ -530,7 +573,7 @@ class Generate(Stage):
     summary = "render engine configs, node scripts and the Kubernetes manifest"
     needs = ("configure",)
     Outputs = GenerateOutputs
-    revision = 2  # 2: mocker profiles carry the per-step overheads of the prediction
+    revision = 3  # 3: mockers run the engine YAML's max_num_tokens; every script value quoted
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
         return {

@@ -16,6 +16,7 @@ from typing import Any
 from automation.config import PipelineConfig
 from automation.contracts import BuildOutputs, GenerateOutputs, LaunchOutputs, recorded
 from automation.errors import StageError
+from automation.placement import Placement
 from automation.redact import hub_token
 from automation.remote import Detached, Host, host_for
 from automation.stage import Check, Stage, StageContext
@@ -84,9 +85,9 @@ def smoke_request(frontend: str, served_name: str) -> tuple[bool, str]:
         return False, str(exc)
 
 
-def load_placement(ctx: StageContext) -> dict[str, Any]:
+def load_placement(ctx: StageContext) -> Placement:
     generated = ctx.output(GenerateOutputs)
-    return dict(json.loads((ctx.run_dir / generated.placement).read_text()))
+    return Placement.load(ctx.run_dir / generated.placement)
 
 
 class Launch(Stage):
@@ -118,8 +119,8 @@ class Launch(Stage):
         generated = ctx.output(GenerateOutputs)
         files_digest = _digest(generated.files)
         remote_dir = ctx.remote_dir + "/generated"
-        frontend = placement["frontend"]["url"]
-        busy = [node["index"] for node in placement["nodes"] if node["script"]]
+        frontend = placement.frontend.url
+        busy = [node.index for node in placement.nodes if node.script]
         hosts = {i: host_for(config, config.cluster.nodes[i]) for i in busy}
         started: dict[int, Detached] = {}
         processes: dict[int, Detached] = {}
@@ -136,7 +137,8 @@ class Launch(Stage):
                 ctx.display.status(f"copying files to {host.name}")
                 host.put(ctx.path("generated"), directory)
                 host.run(f"echo {files_digest} > {shlex.quote(directory)}/.launched-files")
-                script = placement["nodes"][index]["script"]
+                script = placement.nodes[index].script
+                assert script is not None  # busy nodes are those with a script
                 command = node_command(
                     config, host, directory, script, index, ctx.output(BuildOutputs).image, ctx.run_id
                 )
@@ -173,7 +175,7 @@ class Launch(Stage):
             frontend=frontend,
             remote_dir=remote_dir,
             processes={str(i): p.to_dict() for i, p in processes.items()},
-            expected_instances=placement["expected_instances"],
+            expected_instances=placement.expected_instances,
             reused_nodes=sorted(set(processes) - set(started)),
         )
 
@@ -273,14 +275,14 @@ class Launch(Stage):
     def _wait_until_ready(
         self,
         ctx: StageContext,
-        placement: Mapping[str, Any],
+        placement: Placement,
         hosts: Mapping[int, Host],
         processes: Mapping[int, Detached],
         frontend: str,
     ) -> None:
         config = ctx.config
         served = config.model.served_name or ""
-        expected: dict[str, int] = placement["expected_instances"]
+        expected: dict[str, int] = placement.expected_instances
         total = sum(expected.values())
         progress = ctx.display.progress("workers registered", total=total)
         deadline = time.monotonic() + config.launch.ready_timeout_s
@@ -327,7 +329,7 @@ class Launch(Stage):
         return found
 
     def _crashed(
-        self, ctx: StageContext, host: Host, process: Detached, placement: Mapping[str, Any], index: int
+        self, ctx: StageContext, host: Host, process: Detached, placement: Placement, index: int
     ) -> StageError:
         tail = host.tail(process.log, 40)
         ctx.log.error("node script on %s exited; log tail:\n%s", host.name, tail)
@@ -364,14 +366,14 @@ class Launch(Stage):
         return left
 
     def _check_frontend_port(
-        self, ctx: StageContext, hosts: Mapping[int, Host], placement: Mapping[str, Any]
+        self, ctx: StageContext, hosts: Mapping[int, Host], placement: Placement
     ) -> None:
         """Refuse to start when another process (another run's frontend, say) holds the frontend's port.
 
         A node script of this very run that is still running is fine: it is reused, not started twice.
         """
-        node = int(placement["frontend"]["node"])
-        port = int(placement["frontend"]["port"])
+        node = placement.frontend.node
+        port = placement.frontend.port
         host = hosts.get(node)
         if host is None:
             return

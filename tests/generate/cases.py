@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from automation.config import PipelineConfig, validate_pipeline
-from automation.perfmodel.plan import Plan, RolePlan
+from automation.perfmodel.plan import Parallelism, Plan, RolePlan, max_num_tokens
 
 MODEL = "Qwen/Qwen3-32B-FP8"
 
@@ -24,10 +24,7 @@ def role(
 ) -> RolePlan:
     return RolePlan(
         role=name,
-        tp=tp,
-        pp=pp,
-        ep=ep,
-        attention_dp=attention_dp,
+        parallelism=Parallelism(tp=tp, pp=pp, ep=ep, attention_dp=attention_dp),
         workers=workers,
         max_batch_size=batch,
         max_num_tokens=tokens,
@@ -60,7 +57,13 @@ def disagg_plan(
         system="h200_sxm",
         roles=(
             role("prefill", tp=p_tp, workers=p_workers, batch=1, tokens=4032),
-            role("decode", tp=d_tp, workers=d_workers, batch=d_batch, tokens=64),
+            role(
+                "decode",
+                tp=d_tp,
+                workers=d_workers,
+                batch=d_batch,
+                tokens=max_num_tokens("decode", 4000, d_batch),
+            ),
         ),
         replicas=replicas,
         isl=4000,

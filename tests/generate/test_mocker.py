@@ -12,12 +12,13 @@ import pytest
 import yaml
 
 import automation.perfmodel as pm
+from automation.errors import InputError
 from automation.mocker_profile import (
     SCRIPT_DIR_PLACEHOLDER,
     interpolate_decode,
     interpolate_prefill,
+    mocker_config,
     timing_profile,
-    token_budget,
 )
 from automation.perfmodel.evaluate import make_role, step_scales
 from automation.perfmodel.plan import Plan, RolePlan
@@ -77,10 +78,12 @@ def test_every_mocker_json_is_accepted_by_the_real_normaliser(tmp_path: Path, dy
         assert engine["max_num_batched_tokens"] >= isl or engine["enable_chunked_prefill"]
 
 
-def test_budget_rule() -> None:
-    assert token_budget(role("decode", batch=64, tokens=64), 4000) == 4064
-    assert token_budget(role("prefill", batch=1, tokens=4032), 4000) == 4032
-    assert token_budget(role("agg", batch=8, tokens=1024, chunked=True), 4000) == 1024
+def test_a_budget_below_the_prompt_is_refused_not_raised() -> None:
+    """The mocker runs the engine YAML's budget; one it could never schedule a prompt with is an error."""
+    with pytest.raises(InputError, match=r"engine.decode.max_num_tokens 64 is below the prompt"):
+        mocker_config(role("decode", batch=64, tokens=64), 4000, "mocker/decode_profile.npz")
+    chunked = mocker_config(role("agg", batch=8, tokens=1024, chunked=True), 4000, "mocker/agg_profile.npz")
+    assert chunked["engine"]["max_num_batched_tokens"] == 1024
 
 
 def test_profile_reproduces_the_performance_model() -> None:

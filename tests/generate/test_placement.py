@@ -9,7 +9,7 @@ import pytest
 
 from automation.errors import InputError
 from automation.perfmodel.plan import Plan
-from automation.placement import NodeSpec, assign_ports, check_fits, place
+from automation.placement import NodeSpec, assign_ports, check_fits, on_node, place
 from automation.stages.generate import Generator, render_files
 from tests.generate.cases import MODEL, agg_plan, disagg_plan, golden_cases, pipeline, role
 
@@ -47,7 +47,7 @@ def test_invariants_over_random_placements() -> None:
     for _ in range(CASES):
         plan, nodes = _random_case(rng)
         try:
-            placement = place(plan, nodes)
+            workers = place(plan, nodes)
         except InputError as exc:
             # Only a plan larger than the cluster or too fragmented to place may be refused.
             assert "cluster has" in str(exc) or "free GPUs left" in str(exc) or "largest node" in str(exc)
@@ -55,30 +55,30 @@ def test_invariants_over_random_placements() -> None:
             continue
         placed += 1
         head = nodes[0].address
-        assign_ports(placement, 8000, {head: {8000}})  # the frontend's port on the head
+        assign_ports(workers, 8000, {head: {8000}})  # the frontend's port on the head
         for node in nodes:
-            gpus = [g for w in placement.on_node(node.index) for g in w.gpus]
+            gpus = [g for w in on_node(workers, node.index) for g in w.gpus]
             assert len(gpus) <= node.gpus
             assert len(set(gpus)) == len(gpus), "a GPU used twice on a node"
             assert all(0 <= g < node.gpus for g in gpus)
-        assert sum(len(w.gpus) for w in placement.workers) == plan.replicas * plan.gpus_per_replica
-        by_address = Counter((w.address, w.system_port) for w in placement.workers)
+        assert sum(len(w.gpus) for w in workers) == plan.replicas * plan.gpus_per_replica
+        by_address = Counter((w.address, w.system_port) for w in workers)
         assert max(by_address.values()) == 1, "a system port used twice on one address"
-        assert all(w.system_port != 8000 for w in placement.workers if w.address == head)
-        per_role = Counter(w.role for w in placement.workers)
+        assert all(w.system_port != 8000 for w in workers if w.address == head)
+        per_role = Counter(w.role for w in workers)
         assert per_role == {r.role: r.workers * plan.replicas for r in plan.roles}
         for r in plan.roles:
-            assert sorted(w.index for w in placement.workers if w.role == r.role) == list(
+            assert sorted(w.index for w in workers if w.role == r.role) == list(
                 range(r.workers * plan.replicas)
             )
         # A replica that fits on a node with room stays on one node.
         for replica in range(plan.replicas):
-            nodes_used = {w.node for w in placement.workers if w.replica == replica}
+            nodes_used = {w.node for w in workers if w.replica == replica}
             if plan.gpus_per_replica > max(n.gpus for n in nodes):
                 continue
             if len(nodes_used) > 1:
                 # It was split: then no node had that many GPUs free when it was placed.
-                earlier = [w for w in placement.workers if w.replica < replica]
+                earlier = [w for w in workers if w.replica < replica]
                 free = [n.gpus - sum(len(w.gpus) for w in earlier if w.node == n.index) for n in nodes]
                 assert max(free) < plan.gpus_per_replica
     assert placed > CASES // 2 and refused > 0
@@ -91,27 +91,27 @@ def test_exactly_one_frontend_and_scripts_only_where_workers_run() -> None:
     scripts = sorted(f for f in files if f.startswith("node_"))
     assert scripts == ["node_0_run.sh", "node_1_run.sh"]
     assert sum("-m dynamo.frontend" in files[s].decode() for s in scripts) == 1
-    doc = generator.placement_document()
-    assert [n["script"] for n in doc["nodes"]] == ["node_0_run.sh", "node_1_run.sh", None]
-    assert doc["expected_instances"] == {"backend": 3}
+    doc = generator.placement
+    assert [n.script for n in doc.nodes] == ["node_0_run.sh", "node_1_run.sh", None]
+    assert doc.expected_instances == {"backend": 3}
 
 
 def test_replica_stays_on_one_node_when_it_fits() -> None:
-    placement = place(disagg_plan(p_tp=1, p_workers=2, d_tp=2, replicas=4), _nodes([8, 8]))
+    workers = place(disagg_plan(p_tp=1, p_workers=2, d_tp=2, replicas=4), _nodes([8, 8]))
     for replica in range(4):
-        assert len({w.node for w in placement.workers if w.replica == replica}) == 1
+        assert len({w.node for w in workers if w.replica == replica}) == 1
 
 
 def test_mixed_case_spans_nodes_only_for_the_last_replica() -> None:
-    placement = place(disagg_plan(p_tp=1, p_workers=3, d_tp=2, replicas=3), _nodes([8, 8]))
-    spans = [len({w.node for w in placement.workers if w.replica == r}) for r in range(3)]
+    workers = place(disagg_plan(p_tp=1, p_workers=3, d_tp=2, replicas=3), _nodes([8, 8]))
+    spans = [len({w.node for w in workers if w.replica == r}) for r in range(3)]
     assert spans == [1, 1, 2]
 
 
 def test_ports_skip_reserved_and_continue_across_nodes_on_one_address() -> None:
-    placement = place(agg_plan(tp=1, replicas=4), _nodes([2, 2], shared_address=True))
-    assign_ports(placement, 8080, {"127.0.0.1": {8081}})
-    assert [w.system_port for w in placement.workers] == [8080, 8082, 8083, 8084]
+    workers = place(agg_plan(tp=1, replicas=4), _nodes([2, 2], shared_address=True))
+    assign_ports(workers, 8080, {"127.0.0.1": {8081}})
+    assert [w.system_port for w in workers] == [8080, 8082, 8083, 8084]
 
 
 def test_worker_wider_than_a_node_is_refused() -> None:
@@ -145,13 +145,13 @@ def test_rendered_random_deployments_have_one_frontend_and_consistent_placement(
         scripts = [rel for rel in files if rel.startswith("node_")]
         frontends = [rel for rel in scripts if "-m dynamo.frontend" in files[rel].decode()]
         assert frontends == ["node_0_run.sh"]
-        doc = generator.placement_document()
-        assert doc["frontend"]["node"] == 0 and doc["frontend"]["address"] == "10.0.0.1"
-        assert sum(doc["expected_instances"].values()) == len(doc["workers"])
-        for node in doc["nodes"]:
-            text = files[node["script"]].decode() if node["script"] else ""
-            assert text.count("\nstart '") == len(node["workers"])
-            ports = [w["system_port"] for w in doc["workers"] if w["node"] == node["index"]]
+        doc = generator.placement
+        assert doc.frontend.node == 0 and doc.frontend.address == "10.0.0.1"
+        assert sum(doc.expected_instances.values()) == len(doc.workers)
+        for node in doc.nodes:
+            text = files[node.script].decode() if node.script else ""
+            assert text.count("\nstart '") == len(node.workers)
+            ports = [w.system_port for w in doc.workers if w.node == node.index]
             assert len(ports) == len(set(ports))
 
 

@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from automation.errors import InputError
-
 from automation.stages.generate import render_files, write_files
 from tests.generate.cases import agg_plan, disagg_plan, golden_cases, pipeline
 
@@ -218,5 +217,7 @@ def test_hostile_values_are_quoted_and_reach_the_workers_intact(tmp_path: Path) 
 def test_an_env_name_that_is_not_a_shell_name_is_refused(tmp_path: Path) -> None:
     config = pipeline([8])
     config.launch = config.launch.model_copy(update={"env": {"A;touch /tmp/x": "1"}})
-    with pytest.raises(InputError, match="launch.env"):
+    with pytest.raises(
+        InputError, match=r"launch\.env: 'A;touch /tmp/x' is not an environment variable name"
+    ):
         render_files(config, agg_plan(tp=4, replicas=1))

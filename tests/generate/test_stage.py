@@ -10,7 +10,9 @@ from unittest import mock
 
 import pytest
 
+from automation.contracts import ConfigureOutputs
 from automation.errors import StageError
+from automation.perfmodel.plan import Plan, Prediction
 from automation.stage import StageContext
 from automation.stages.generate import Generate
 from automation.state import StageRecord
@@ -30,23 +32,29 @@ def _context(tmp_path: Path, config, outputs) -> StageContext:
     )
 
 
+def _configured(plan: Plan) -> dict[str, ConfigureOutputs]:
+    """What the configure stage hands over (the prediction's numbers do not matter to generate)."""
+    prediction = Prediction(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, True)
+    return {"configure": ConfigureOutputs(mode=plan.mode, plan=plan, prediction=prediction)}
+
+
 def test_run_writes_files_and_returns_the_contract(tmp_path: Path) -> None:
     config, plan = golden_cases()["mocker_1node"]
-    ctx = _context(tmp_path, config, {"configure": {"plan": plan.to_dict(), "prediction": {}}})
+    ctx = _context(tmp_path, config, _configured(plan))
     stage = Generate()
     out = stage.run(ctx)
-    assert out["dir"] == "generated" and out["placement"] == "generated/placement.json"
-    assert (out["nodes"], out["workers"]) == (1, 4)
+    assert out.dir == "generated" and out.placement == "generated/placement.json"
+    assert (out.nodes, out.workers) == (1, 4)
     generated = tmp_path / "run" / "generated"
     on_disk = sorted(str(p.relative_to(generated)) for p in generated.rglob("*") if p.is_file())
-    assert on_disk == sorted(out["files"])
+    assert on_disk == sorted(out.files)
     assert os.access(generated / "node_0_run.sh", os.X_OK)
     placement = json.loads((generated / "placement.json").read_text())
     assert placement["expected_instances"] == {"backend": 2, "prefill": 2}
-    json.dumps(out)  # recorded in the state file
+    json.dumps(out.record())  # recorded in the state file
     assert stage.describe(out) == "1 node, 4 workers, mocker"
 
-    record = StageRecord(status="done", outputs=out)
+    record = StageRecord(status="done", outputs=out.record())
     assert stage.verify(ctx, record).ok
     (generated / "decode_config.yaml").write_text("tampered\n")
     check = stage.verify(ctx, record)
@@ -58,19 +66,19 @@ def test_run_writes_files_and_returns_the_contract(tmp_path: Path) -> None:
 def test_rerun_removes_stale_files(tmp_path: Path) -> None:
     config, plan = golden_cases()["mocker_1node"]
     stage = Generate()
-    stage.run(_context(tmp_path, config, {"configure": {"plan": plan.to_dict()}}))
+    stage.run(_context(tmp_path, config, _configured(plan)))
     trtllm = pipeline([8])
-    out = stage.run(_context(tmp_path, trtllm, {"configure": {"plan": disagg_plan(replicas=1).to_dict()}}))
+    out = stage.run(_context(tmp_path, trtllm, _configured(disagg_plan(replicas=1))))
     generated = tmp_path / "run" / "generated"
     assert not (generated / "mocker").exists()
     assert sorted(str(p.relative_to(generated)) for p in generated.rglob("*") if p.is_file()) == sorted(
-        out["files"]
+        out.files
     )
 
 
 def test_missing_plan_is_a_stage_error(tmp_path: Path) -> None:
-    with pytest.raises(StageError, match="no plan"):
-        Generate().run(_context(tmp_path, pipeline([8]), {"configure": {}}))
+    with pytest.raises(StageError, match="needs the results of configure"):
+        Generate().run(_context(tmp_path, pipeline([8]), {}))
 
 
 def test_inputs_are_the_slices_used() -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from automation.config import load_pipeline
@@ -68,3 +69,63 @@ def test_missing_checkpoint_names_the_path(tmp_path: Path) -> None:
     code, out, _ = _run(_pipeline(tmp_path))
     assert code == 1
     assert f"no checkpoint at {tmp_path / 'model'} on node0 (config.json is missing)" in out
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+
+def _build(path: Path) -> tuple[int, str, Runner]:
+    out = io.StringIO()
+    runner = Runner(
+        load_pipeline(path),
+        path,
+        run_dir=path.parent / "run",
+        console=Console(out, plain=True),
+        stages=[Build],
+    )
+    return runner.run(Selection()), out.getvalue(), runner
+
+
+def test_build_records_the_image_id_of_every_node_and_notices_a_change(
+    dockerd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, (etcd_image, nats_image) = dockerd
+    monkeypatch.setenv("DOCKER_HOST", engine.url)
+    image = "autodeploy-test/dynamo:build"
+    engine.docker("tag", etcd_image, image)
+    try:
+        launch = {"runtime": "container", "engine": "mocker"}
+        path = _pipeline(tmp_path, launch=launch, dynamo={"image": image, "image_source": "present"})
+        code, out, runner = _build(path)
+        assert code == 0, out
+        recorded = load_state(runner.state_path).stages["build"].outputs  # type: ignore[union-attr]
+        etcd_id = engine.docker("image", "inspect", "--format", "{{.Id}}", etcd_image).strip()
+        assert recorded == {"image": image, "images": {"node0": etcd_id}, "why": ""}
+        code, out, _ = _build(path)
+        assert "↷ build       skipped: the image is unchanged on every node" in out
+        engine.docker("tag", nats_image, image)  # same name, another image (label differs)
+        code, out, runner = _build(path)
+        assert code == 0 and "✓ build" in out, out
+        recorded = load_state(runner.state_path).stages["build"].outputs  # type: ignore[union-attr]
+        nats_id = engine.docker("image", "inspect", "--format", "{{.Id}}", nats_image).strip()
+        assert recorded["images"] == {"node0": nats_id}
+    finally:
+        engine.docker("rmi", image)
+    code, out, _ = _build(path)
+    assert code == 1
+    assert f"image {image} is not on node0 (dynamo.image_source: present)" in out
+
+
+def test_build_pull_that_fails_names_the_field(
+    dockerd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, _ = dockerd
+    monkeypatch.setenv("DOCKER_HOST", engine.url)
+    launch = {"runtime": "container", "engine": "mocker"}
+    path = _pipeline(
+        tmp_path, launch=launch, dynamo={"image": "nowhere.invalid/dynamo:0", "image_source": "pull"}
+    )
+    code, out, _ = _build(path)
+    assert code == 1
+    assert "image nowhere.invalid/dynamo:0 is not on node0 and could not be pulled" in out
+    assert "dynamo.image" in out

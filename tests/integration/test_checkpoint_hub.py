@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
+import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,10 +144,9 @@ def test_allow_patterns_limit_the_download(tmp_path: Path, hub: HubServer) -> No
     assert not (tmp_path / "model" / "model.safetensors").exists()
 
 
-def test_remote_nodes_get_the_files_over_ssh(
-    netns: NamespaceCluster, ssh_keys: SSHKeys, tmp_path: Path
-) -> None:
-    """The controller (its own namespace) downloads from a hub it reaches and copies to both nodes over SSH."""
+@pytest.fixture
+def controller_hub(netns: NamespaceCluster, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A hub serving acme/tiny inside the controller namespace (where the nodes are reachable from)."""
     root = tmp_path / "hubroot"
     _make_repo(root, "acme/tiny")
     server = subprocess.Popen(
@@ -154,52 +156,89 @@ def test_remote_nodes_get_the_files_over_ssh(
         text=True,
     )
     try:
-        url = server.stdout.readline().strip() if server.stdout else ""
-        data = {
-            "name": "hubremote",
-            "model": {"hf_id": "acme/tiny", "path": str(tmp_path / "model")},
-            "system": "h200_sxm",
-            "workload": {"isl": 100, "osl": 10},
-            "sla": {"ttft_ms": 500, "tpot_ms": 20},
-            "cluster": {
-                "nodes": [{"host": a, "gpus": 8} for a in netns.addresses],
-                "ssh": {
-                    "user": "root",
-                    "key_file": str(ssh_keys.client_key),
-                    "host_keys": "accept_new",
-                    "known_hosts": str(tmp_path / "kh"),
-                },
-            },
-            "checkpoint": {"source": "hub", "endpoint": url},
-        }
-        path = tmp_path / "p.yaml"
-        path.write_text(yaml.safe_dump(data))
-        env = {**os.environ, "AUTODEPLOY_STAGING": str(tmp_path / "staging")}
-        done = subprocess.run(
-            [
-                *netns.exec_prefix(),
-                sys.executable,
-                "-m",
-                "automation",
-                "run",
-                str(path),
-                "--only",
-                "checkpoint",
-                "--run-dir",
-                str(tmp_path / "run"),
-            ],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "node0: 6 files, node1: 6 files" in done.stdout
-        assert (tmp_path / "model" / "model.safetensors").read_bytes() == (
-            root / "acme/tiny/model.safetensors"
-        ).read_bytes()
-        assert any((tmp_path / "staging").iterdir())  # downloaded once on the controller, then copied
+        yield (server.stdout.readline().strip() if server.stdout else ""), root / "acme" / "tiny"
     finally:
         server.kill()
         server.wait(timeout=10)
+
+
+def _run_on_controller(
+    netns: NamespaceCluster, ssh_keys: SSHKeys, tmp_path: Path, url: str, nodes: list[str], model_path: str
+) -> subprocess.CompletedProcess[str]:
+    """`autodeploy run --only checkpoint` in the controller namespace, for nodes reached over SSH."""
+    data = {
+        "name": "hubremote",
+        "model": {"hf_id": "acme/tiny", "path": model_path},
+        "system": "h200_sxm",
+        "workload": {"isl": 100, "osl": 10},
+        "sla": {"ttft_ms": 500, "tpot_ms": 20},
+        "cluster": {
+            "nodes": [{"host": a, "gpus": 8} for a in nodes],
+            "ssh": {
+                "user": "root",
+                "key_file": str(ssh_keys.client_key),
+                "host_keys": "accept_new",
+                "known_hosts": str(tmp_path / "kh"),
+            },
+        },
+        "checkpoint": {"source": "hub", "endpoint": url},
+    }
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "AUTODEPLOY_STAGING": str(tmp_path / "staging")}
+    command = ["run", str(path), "--only", "checkpoint", "--run-dir", str(tmp_path / "run")]
+    return subprocess.run(
+        [*netns.exec_prefix(), sys.executable, "-m", "automation", *command],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_remote_nodes_get_the_files_over_ssh(
+    netns: NamespaceCluster, ssh_keys: SSHKeys, tmp_path: Path, controller_hub: tuple[str, Path]
+) -> None:
+    """The controller (its own namespace) downloads from a hub it reaches and copies to both nodes over SSH."""
+    url, repo = controller_hub
+    done = _run_on_controller(netns, ssh_keys, tmp_path, url, netns.addresses, str(tmp_path / "model"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "node0: 6 files, node1: 6 files" in done.stdout
+    assert (tmp_path / "model" / "model.safetensors").read_bytes() == (
+        repo / "model.safetensors"
+    ).read_bytes()
+    assert any((tmp_path / "staging").iterdir())  # downloaded once on the controller, then copied
+
+
+def test_a_rerun_sends_a_node_only_its_damaged_file(
+    netns: NamespaceCluster, ssh_keys: SSHKeys, tmp_path: Path, controller_hub: tuple[str, Path]
+) -> None:
+    url, repo = controller_hub
+    model = tmp_path / "model"
+    done = _run_on_controller(netns, ssh_keys, tmp_path, url, netns.addresses[:1], str(model))
+    assert done.returncode == 0, done.stdout + done.stderr
+    # A second name for config.json: a file that is sent again is replaced, and the link count drops to 1.
+    os.link(model / "config.json", tmp_path / "config.json.keep")
+    (model / "model.safetensors").write_bytes(b"damaged")
+    done = _run_on_controller(netns, ssh_keys, tmp_path, url, netns.addresses[:1], str(model))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (model / "model.safetensors").read_bytes() == (repo / "model.safetensors").read_bytes()
+    assert (model / "config.json").stat().st_nlink == 2  # left alone: it was right
+
+
+def test_a_model_path_under_tilde_is_in_the_login_users_home(
+    netns: NamespaceCluster, ssh_keys: SSHKeys, tmp_path: Path, controller_hub: tuple[str, Path]
+) -> None:
+    url, repo = controller_hub
+    name = f"autodeploy-ckpt-{uuid.uuid4().hex[:8]}"
+    home = Path(pwd.getpwnam("root").pw_dir)  # the nodes log in as root; namespaces share the filesystem
+    try:
+        done = _run_on_controller(netns, ssh_keys, tmp_path, url, netns.addresses[:1], f"~/{name}/model")
+        assert done.returncode == 0, done.stdout + done.stderr
+        copied = home / name / "model" / "model.safetensors"
+        assert copied.read_bytes() == (repo / "model.safetensors").read_bytes()
+        assert not (home / "~").exists()
+    finally:
+        shutil.rmtree(home / name, ignore_errors=True)
+        shutil.rmtree(home / "~" / name, ignore_errors=True)

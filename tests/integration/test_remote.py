@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
 
-from automation.errors import RemoteCommandError
+from automation.errors import RemoteCommandError, StageError
 from automation.remote import Host, HostUnreachableError, LocalHost, SSHHost
 from tests.conftest import REPO
-from tests.services import NamespaceCluster, Sshd, SSHKeys, free_port, wait_for
+from tests.services import NamespaceCluster, Sshd, SSHKeys, free_port, start_sshd, wait_for
 
 
 def _ssh(keys: SSHKeys, sshd: Sshd, known_hosts: Path, **kwargs: object) -> SSHHost:
@@ -194,3 +201,209 @@ def test_namespace_nodes_are_separate_hosts(
     seen = json.loads(done.stdout)
     for address, line in zip(netns.addresses, seen, strict=True):
         assert f"inet {address}/24" in line
+
+
+# ------------------------------------------------------------------------------------- copying files
+
+
+def _tree(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def test_put_sends_only_the_named_files(host: Host, tmp_path: Path) -> None:
+    source = _tree(
+        tmp_path / "src",
+        {"a.txt": b"new a", "b.bin": b"b" * 1000, "sub/c.txt": b"c", "d.txt": b"not asked for"},
+    )
+    target = _tree(tmp_path / f"dest-{host.name}", {"a.txt": b"old a"})
+    host.put(source, str(target), files=["b.bin", "sub/c.txt"])
+    assert (target / "b.bin").read_bytes() == b"b" * 1000
+    assert (target / "sub" / "c.txt").read_bytes() == b"c"
+    assert (target / "a.txt").read_bytes() == b"old a"  # not named: left as it was
+    assert not (target / "d.txt").exists()  # not named: not created
+
+
+def test_put_names_a_file_that_is_not_in_the_source(host: Host, tmp_path: Path) -> None:
+    source = _tree(tmp_path / "src", {"a.txt": b"a"})
+    with pytest.raises(StageError, match=r"no-such\.bin"):
+        host.put(source, str(tmp_path / f"dest-{host.name}"), files=["a.txt", "no-such.bin"])
+
+
+def test_a_copy_the_node_cannot_write_is_the_nodes_error(host: Host, tmp_path: Path) -> None:
+    source = _tree(tmp_path / "src", {"big.bin": os.urandom(8 << 20), "small.txt": b"s"})
+    blocker = tmp_path / f"file-{host.name}"
+    blocker.write_text("a file where the copy wants a directory")
+    with pytest.raises(RemoteCommandError) as caught:
+        host.put(source, str(blocker / "model"))
+    assert caught.value.host == host.name and "Not a directory" in caught.value.tail
+
+
+def test_put_streams_a_tree_of_many_megabytes_and_reports_bytes(host: Host, tmp_path: Path) -> None:
+    files = {f"model-{i:05d}-of-00003.safetensors": os.urandom(6 << 20) for i in range(3)}
+    source = _tree(tmp_path / "src", {**files, "nested/deeper/config.json": b"{}"})
+    sent: list[int] = []
+    target = tmp_path / f"dest-{host.name}"
+    host.put(source, str(target), progress=sent.append)
+    for name, data in {**files, "nested/deeper/config.json": b"{}"}.items():
+        assert hashlib.sha256((target / name).read_bytes()).digest() == hashlib.sha256(data).digest(), name
+    assert sum(sent) == 3 * (6 << 20) + 2
+
+
+# ------------------------------------------------------------------------------------ ~ in node paths
+
+
+def test_tilde_paths_are_the_login_users_home(host: Host, tmp_path: Path) -> None:
+    home = Path(host.run('printf %s "$HOME"').stdout)
+    cwd = Path(host.run("pwd").stdout.strip())
+    name = f"autodeploy-tilde-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "one.txt").write_text("one")
+    try:
+        process = host.start_detached("greeter", "echo hello from home", f"~/{name}/run")
+        assert process.log == f"{home}/{name}/run/greeter.log"
+        wait_for(lambda: "hello from home" in host.tail(f"~/{name}/run/greeter.log"), 10, what="the log")
+        host.put(tmp_path / "one.txt", f"~/{name}/files/one.txt")
+        assert (home / name / "files" / "one.txt").read_text() == "one"
+        assert not (cwd / "~").exists()
+    finally:
+        shutil.rmtree(home / name, ignore_errors=True)
+        shutil.rmtree(cwd / "~" / name, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (cwd / "~").rmdir()
+
+
+# -------------------------------------------------------------------------------- known_hosts upkeep
+
+
+def _other_key(tmp_path: Path, name: str) -> str:
+    path = tmp_path / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    kind, key = Path(f"{path}.pub").read_text().split()[:2]
+    return f"{kind} {key}"
+
+
+def test_accept_new_appends_one_line_and_keeps_the_users_file(
+    ssh_keys: SSHKeys, loopback_sshd: Sshd, tmp_path: Path
+) -> None:
+    other = _other_key(tmp_path, "other")
+    original = (
+        "# my hosts, kept by hand\n"
+        f"@cert-authority *.example.com {other}\n"
+        f"@revoked old.example.com {other}\n"
+        f"build.example.com,10.1.2.3 {other}\n"
+        "\n"
+        "# a last comment without a newline"
+    ).encode()
+    path = tmp_path / "known_hosts"
+    path.write_bytes(original)
+    path.chmod(0o644)
+    host = _ssh(ssh_keys, loopback_sshd, path, host_keys="accept_new")
+    assert host.run("echo ok").stdout == "ok\n"
+    host.close()
+    learned = ssh_keys.known_hosts_line(loopback_sshd.address, loopback_sshd.port).encode()
+    assert path.read_bytes() == original + b"\n" + learned
+    assert path.stat().st_mode & 0o777 == 0o644  # the user's file, not replaced
+    assert _ssh(ssh_keys, loopback_sshd, path).run("echo again").stdout == "again\n"
+    assert path.read_bytes() == original + b"\n" + learned
+
+
+def test_accept_new_creates_a_private_known_hosts(
+    ssh_keys: SSHKeys, loopback_sshd: Sshd, tmp_path: Path
+) -> None:
+    path = tmp_path / "fresh" / "known_hosts"
+    _ssh(ssh_keys, loopback_sshd, path, host_keys="accept_new").run("true")
+    assert path.read_text() == ssh_keys.known_hosts_line(loopback_sshd.address, loopback_sshd.port)
+    assert (path.stat().st_mode & 0o777, path.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+
+
+def test_a_revoked_host_key_is_refused(ssh_keys: SSHKeys, loopback_sshd: Sshd, tmp_path: Path) -> None:
+    kind, key = Path(f"{ssh_keys.host_key}.pub").read_text().split()[:2]
+    path = tmp_path / "known_hosts"
+    path.write_text(f"@revoked * {kind} {key}\n")
+    for policy in ("known_hosts", "accept_new"):
+        with pytest.raises(HostUnreachableError, match="@revoked"):
+            _ssh(ssh_keys, loopback_sshd, path, host_keys=policy).run("true")
+    assert path.read_text() == f"@revoked * {kind} {key}\n"
+
+
+# --------------------------------------------------------------------------------- lost connections
+
+# Run on the node: kill the sshd process that serves this very connection (the command's nearest sshd).
+_KILL_MY_SSHD = (
+    "p=$$; while [ \"$(cat /proc/$p/comm)\" != sshd ]; do p=$(cut -d' ' -f4 /proc/$p/stat); done; kill -9 $p"
+)
+
+
+def _kill_server_side(host: SSHHost) -> None:
+    """Kill the sshd process(es) serving host's connection, found by the connection's client port."""
+    port = host._connect().client.get_transport().sock.getsockname()[1]
+    listing = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( dport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pids = {int(pid) for pid in re.findall(r"pid=(\d+)", listing)}
+    assert pids, listing
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_a_connection_dropped_mid_command_is_a_clear_error(
+    ssh_keys: SSHKeys, loopback_sshd: Sshd, known_hosts: Path
+) -> None:
+    host = _ssh(ssh_keys, loopback_sshd, known_hosts)
+    assert host.run("echo before").stdout == "before\n"
+    with pytest.raises(HostUnreachableError) as caught:
+        host.run(f"{_KILL_MY_SSHD}; sleep 30", check=False)
+    message = caught.value.message
+    assert message.startswith(f"lost the SSH connection to node1 (root@127.0.0.1:{loopback_sshd.port})")
+    assert "sleep 30" in message and caught.value.hint
+    assert host.run("echo after").stdout == "after\n"  # the next command connects again
+    host.close()
+
+
+def test_a_connection_dropped_mid_copy_is_a_clear_error(
+    ssh_keys: SSHKeys, loopback_sshd: Sshd, known_hosts: Path, tmp_path: Path
+) -> None:
+    source = _tree(tmp_path / "src", {f"part{i}.bin": os.urandom(4 << 20) for i in range(4)})
+    host = _ssh(ssh_keys, loopback_sshd, known_hosts)
+    killed: list[bool] = []
+
+    def kill_once(_: int) -> None:
+        if not killed:
+            killed.append(True)
+            _kill_server_side(host)
+
+    with pytest.raises(HostUnreachableError, match=r"^lost the SSH connection to node1 .*copying"):
+        host.put(source, str(tmp_path / "dest"), progress=kill_once)
+    host.close()
+
+
+def test_a_dead_connection_is_opened_again_for_the_next_command(
+    ssh_keys: SSHKeys, loopback_sshd: Sshd, known_hosts: Path
+) -> None:
+    host = _ssh(ssh_keys, loopback_sshd, known_hosts)
+    assert host.run("echo one").stdout == "one\n"
+    _kill_server_side(host)
+    assert host.run("echo two").stdout == "two\n"
+    host.close()
+
+
+def test_a_node_whose_sshd_went_away_is_named(ssh_keys: SSHKeys, tmp_path: Path) -> None:
+    sshd = start_sshd(ssh_keys, "127.0.0.1", free_port())
+    known = tmp_path / "known_hosts"
+    known.write_text(ssh_keys.known_hosts_line(sshd.address, sshd.port))
+    host = _ssh(ssh_keys, sshd, known, connect_timeout_s=3)
+    try:
+        assert host.run("echo up").stdout == "up\n"
+        sshd.stop()
+        _kill_server_side(host)
+        with pytest.raises(HostUnreachableError, match=r"node1 .*root@127\.0\.0\.1:") as caught:
+            host.run("true")
+        assert "refused" in caught.value.message.lower()
+    finally:
+        sshd.stop()
+        host.close()

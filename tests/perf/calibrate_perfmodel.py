@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from automation.perfmodel import compose  # noqa: E402
 from automation.perfmodel.arch import load_model  # noqa: E402
+from automation.perfmodel.ops import ParallelismGrid  # noqa: E402
 from automation.perfmodel.system import FIT_DEFAULTS, SYSTEMS_DIR, SystemSpec, load_system  # noqa: E402
 
 REF = Path("/work/shared/reference/perfmodel")
@@ -103,12 +104,13 @@ def predict(rows: list[dict[str, Any]], sysc: SystemSpec) -> dict[str, np.ndarra
         isl, osl = _col(rs, "isl"), _col(rs, "osl")
         if mode in ("static_ctx", "static_gen", "agg"):
             tp, b, ep = _col(rs, "tp"), _col(rs, "bs"), _ep(rs)
+            grid = ParallelismGrid(tp=tp, pp=1.0, ep=ep, attention_dp=1.0)
             if mode == "static_ctx":
-                out["ctx"][ia] = compose.prefill_ms(arch, sysc, tp, ep, 1.0, 1.0, b, isl)
+                out["ctx"][ia] = compose.prefill_ms(arch, sysc, grid, b, isl)
             elif mode == "static_gen":
-                out["gen"][ia] = compose.decode_tpot_ms(arch, sysc, tp, ep, 1.0, 1.0, b, isl, osl)
+                out["gen"][ia] = compose.decode_tpot_ms(arch, sysc, grid, b, isl, osl)
             else:
-                m = compose.agg_metrics(arch, sysc, tp, ep, 1.0, 1.0, b, _col(rs, "ctx_tokens"), isl, osl)
+                m = compose.agg_metrics(arch, sysc, grid, b, _col(rs, "ctx_tokens"), isl, osl)
                 out["mix"][ia], out["genonly"][ia] = m["mixed_ms"], m["gen_ms"]
                 out["agg_ttft"][ia], out["agg_tpot"][ia] = m["ttft_ms"], m["tpot_ms"]
         elif mode == "disagg":
@@ -116,8 +118,12 @@ def predict(rows: list[dict[str, Any]], sysc: SystemSpec) -> dict[str, np.ndarra
             pep, dep = _ep(rs, "p_moe_ep"), _ep(rs, "d_moe_ep")
             pbs, dbs = _col(rs, "p_bs"), _col(rs, "d_bs")
             x, y = _col(rs, "p_workers"), _col(rs, "d_workers")
-            tp_pre = compose.prefill_ms(arch, sysc, ptp, pep, 1.0, 1.0, pbs, isl)
-            tg = compose.decode_tpot_ms(arch, sysc, dtp, dep, 1.0, 1.0, dbs, isl, osl)
+            tp_pre = compose.prefill_ms(
+                arch, sysc, ParallelismGrid(tp=ptp, pp=1.0, ep=pep, attention_dp=1.0), pbs, isl
+            )
+            tg = compose.decode_tpot_ms(
+                arch, sysc, ParallelismGrid(tp=dtp, pp=1.0, ep=dep, attention_dp=1.0), dbs, isl, osl
+            )
             pr, dr, _, _ = compose.disagg_rates(tp_pre, pbs, 1.0, tg, dbs, 1.0, osl)
             seq = compose.xpyd_seq_s(pr, x, dr, y)
             out["disagg_tpg"][ia] = seq * osl / (x * ptp + y * dtp)

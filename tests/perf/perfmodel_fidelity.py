@@ -135,6 +135,7 @@ def pareto_rows() -> None:
     single-config rows lack), re-predicted at AIC's own config; KV transfer excluded to compare like with like."""
     from automation.perfmodel import compose
     from automation.perfmodel.arch import load_model
+    from automation.perfmodel.ops import ParallelismGrid
 
     def f(r: dict, k: str) -> float:
         return float(r[k])
@@ -145,7 +146,9 @@ def pareto_rows() -> None:
     for r in csv.DictReader((cal.REF / "calibration_pareto_agg.csv").open()):
         arch, sysc = load_model(r["model"]), load_system(r["system"])
         tp, dp, ep, bs, ctx = (f(r, k) for k in ("tp", "dp", "moe_ep", "bs", "ctx_tokens"))
-        m = compose.agg_metrics(arch, sysc, tp, ep, dp, 1, bs, ctx, int(r["isl"]), int(r["osl"]))
+        m = compose.agg_metrics(
+            arch, sysc, ParallelismGrid(tp, 1, ep, dp), bs, ctx, int(r["isl"]), int(r["osl"])
+        )
         kind = "dense" if not arch.is_moe else ("moe attention-DP" if dp > 1 else "moe attention-TP")
         g = groups.setdefault(f"agg {kind}", {"TTFT": [], "TPOT": [], "tok/s/gpu": []})
         g["TTFT"].append(abs(float(m["ttft_ms"]) / f(r, "ttft") - 1) * 100)
@@ -156,8 +159,8 @@ def pareto_rows() -> None:
         isl, osl = int(r["isl"]), int(r["osl"])
         ptp, pdp, pep, pbs, x = (f(r, f"(p){k}") for k in ("tp", "dp", "moe_ep", "bs", "workers"))
         dtp, ddp, dep, dbs, y = (f(r, f"(d){k}") for k in ("tp", "dp", "moe_ep", "bs", "workers"))
-        t_pre = compose.prefill_ms(arch, sysc, ptp, pep, pdp, 1, pbs, isl)
-        t_dec = compose.decode_tpot_ms(arch, sysc, dtp, dep, ddp, 1, dbs, isl, osl)
+        t_pre = compose.prefill_ms(arch, sysc, ParallelismGrid(ptp, 1, pep, pdp), pbs, isl)
+        t_dec = compose.decode_tpot_ms(arch, sysc, ParallelismGrid(dtp, 1, dep, ddp), dbs, isl, osl)
         pr, dr, ttft, tpot = compose.disagg_rates(t_pre, pbs, pdp, t_dec, dbs, ddp, osl)
         tpg = compose.xpyd_seq_s(pr, x, dr, y) * osl / (x * ptp * pdp + y * dtp * ddp)
         kind = "dense" if not arch.is_moe else "moe"

@@ -152,7 +152,7 @@ def test_plan_round_trip_disagg():
     pre = make_role(arch, "prefill", 2, 1, 4000, 512, workers=3)
     dec = make_role(arch, "decode", 4, 64, 4000, 512, workers=1)
     plan = pm.Plan("disagg", arch.name, "b200_sxm", (pre, dec), 2, 4000, 512)
-    assert plan.gpus_per_replica == 10 and plan.total_gpus == 20 and plan.role("decode").ep == 4
+    assert plan.gpus_per_replica == 10 and plan.total_gpus == 20 and plan.role("decode").parallelism.ep == 4
     again = pm.Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
     assert again == plan
     with pytest.raises(InputError):
@@ -183,3 +183,32 @@ def test_parallelism_is_one_value_type():
     np.testing.assert_allclose(together, alone, rtol=1e-12)
     alone_mem = [float(compose.memory_parts(arch, sysc, c, 4000, 8, 4512, 0.9)["total"]) for c in configs]
     np.testing.assert_allclose(compose.memory_parts(arch, sysc, grid, 4000, 8, 4512, 0.9)["total"], alone_mem)
+
+
+def test_search_plans_with_the_engine_overrides():
+    """Each role's fixed engine settings bound the sweep, and every candidate carries them."""
+    from automation.perfmodel.plan import EngineOverrides
+
+    args = ("Qwen/Qwen3-8B", "h200_sxm", 8, 1000, 100, 500.0, 20.0)
+    free = pm.search(*args, modes=("agg",))
+    assert free.best.plan.role("agg").max_batch_size > 13
+    capped = pm.search(
+        *args, modes=("agg",), engine={"agg": EngineOverrides(max_batch_size=13, max_num_tokens=3000)}
+    )
+    assert (
+        capped.best.plan.role("agg").max_batch_size == 13
+    )  # the cap itself is swept, not only the grid below it
+    for c in capped.top["agg"]:
+        r = c.plan.role("agg")
+        assert r.max_batch_size <= 13 and r.max_num_tokens == 3000
+        assert pm.estimate(c.plan) == c.prediction and c.meets_sla
+    # A budget that cannot hold a prompt next to the batch leaves nothing to deploy (chunked prefill off).
+    tiny = pm.search(*args, modes=("agg",), engine={"agg": EngineOverrides(max_num_tokens=900)})
+    assert tiny.winner is None
+    decode = EngineOverrides(max_batch_size=24, free_gpu_memory_fraction=0.6)
+    dis = pm.search(*args, modes=("disagg",), engine={"decode": decode})
+    for c in dis.top["disagg"]:
+        d, p = c.plan.role("decode"), c.plan.role("prefill")
+        assert d.max_batch_size <= 24 and d.free_gpu_memory_fraction == 0.6
+        assert p.free_gpu_memory_fraction == 0.9
+        assert pm.estimate(c.plan) == c.prediction

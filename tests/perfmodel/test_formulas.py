@@ -9,6 +9,7 @@ import pytest
 
 from automation.perfmodel import compose, ops
 from automation.perfmodel.arch import load_model, param_count
+from automation.perfmodel.plan import Parallelism
 from automation.perfmodel.system import load_system
 
 
@@ -66,7 +67,7 @@ def test_one_dense_layer_decode_is_weight_streaming(ideal):
     arch = load_model("Qwen/Qwen3-8B")
     h, i, d = 4096, 12288, 128
     w_layer = 2 * (h * (32 + 16) * d + 32 * d * h + 3 * h * i)  # bf16 bytes of one layer
-    t = compose.decode_ms(arch, ideal, 1, 1, 1, 1, 1, 1000)
+    t = compose.decode_ms(arch, ideal, Parallelism(tp=1), 1, 1000)
     lower = arch.num_layers * w_layer / 4.8e12 * 1e3
     assert lower < t < lower * 1.3
 
@@ -124,7 +125,7 @@ def test_decode_mean_kv_matches_the_stride_average():
 def test_agg_composition_matches_reference_formula():
     """TTFT/TPOT from given step times follow the reference's IFB arithmetic (row E00024 check)."""
     sysc, arch = load_system("h200_sxm"), load_model("Qwen/Qwen3-32B-FP8")
-    m = compose.agg_metrics(arch, sysc, 4, 1, 1, 1, 16, 4000, 4000, 512)
+    m = compose.agg_metrics(arch, sysc, Parallelism(tp=4), 16, 4000, 4000, 512)
     mix, gen = float(m["mixed_ms"]), float(m["gen_ms"])
     assert float(m["ttft_ms"]) == pytest.approx(mix * min(2 + (16 - 3) / 20, 4))
     assert float(m["tpot_ms"]) == pytest.approx((mix * 13 + gen * 496) / 509)
@@ -134,12 +135,12 @@ def test_agg_composition_matches_reference_formula():
 def test_memory_of_qwen3_32b_fp8_tp1():
     """weights ≈ 32 GiB fp8 + bf16 embeddings, plus 3.5 GiB other: ~36.7 GiB at bs1 ISL 4000 (reference 36.6)."""
     sysc, arch = load_system("h200_sxm"), load_model("Qwen/Qwen3-32B-FP8")
-    m = compose.memory_parts(arch, sysc, 1, 1, 1, 1, 4000, 1, 4512, 0.9)
+    m = compose.memory_parts(arch, sysc, Parallelism(tp=1), 4000, 1, 4512, 0.9)
     assert float(m["total"]) / 2**30 == pytest.approx(36.6, rel=0.02)
 
 
 def test_vectorised_over_batch():
     sysc, arch = load_system("h100_sxm"), load_model("Qwen/Qwen3-8B")
     b = np.array([1.0, 8.0, 64.0])
-    out = compose.decode_tpot_ms(arch, sysc, 2, 1, 1, 1, b, 1000, 1000)
+    out = compose.decode_tpot_ms(arch, sysc, Parallelism(tp=2), b, 1000, 1000)
     assert out.shape == (3,)

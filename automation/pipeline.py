@@ -342,9 +342,11 @@ class Runner:
         record.fingerprint = canonical_hash(parts)
         record.input_digests = parts
         record.log = str(log_path.relative_to(self.run_dir))
-        self.save(state)
         started = time.monotonic()
         try:
+            # Inside the try: a signal may land while the state file is being replaced (a reader can
+            # already see "running" then), and the record must still end up "interrupted".
+            self.save(state)
             with self._stage_log(stage.name, log_path) as log:
                 log.info("=== %s attempt %d (%s)", stage.name, record.attempts, decision.reason)
                 try:

@@ -89,6 +89,13 @@ def _run_processes(path: Path) -> list[str]:
     return [line for line in listing if marker in line and not line.lstrip().startswith("Z")]
 
 
+def _node_file(tmp_path: Path, name: str, relative: str) -> Path:
+    """A file of the run's directory on the (local) nodes: <work_dir>/<run id>/..., the run id being
+    <name>-<6 hex digits>; the run directory must be the only one of that name here."""
+    found = sorted((tmp_path / "nodes").glob(f"{name}-??????/{relative}"))
+    return found[0] if found else tmp_path / "nodes" / f"{name}-(not started)" / relative
+
+
 def _chat(url: str, model: str) -> dict:
     body = json.dumps(
         {"model": model, "messages": [{"role": "user", "content": "w5 w6 w7"}], "max_tokens": 4}
@@ -168,11 +175,12 @@ def test_resume_after_the_runner_is_killed_during_launch_starts_no_duplicates(
     run_dir = str(tmp_path / "run")
     command = [sys.executable, "-m", "automation", "run", str(path), "--to", "launch", "--run-dir", run_dir]
     child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    pid_file = tmp_path / "nodes" / "launch-test" / "generated" / "node_0.pid"
+    pid_file = _node_file(tmp_path, "launch-test", "generated/node_0.pid")
     try:
         deadline = time.monotonic() + 60
         while not pid_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+            pid_file = _node_file(tmp_path, "launch-test", "generated/node_0.pid")
         assert pid_file.exists(), child.stdout.read() if child.stdout else ""
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
@@ -378,7 +386,9 @@ def test_container_runtime_runs_each_node_script_in_the_image(
     runner, out = _runner(path)
     try:
         assert runner.run(Selection(to_stage="launch")) == 0, out.getvalue()
-        assert engine.docker("ps", "--format", "{{.Names}}").split() == ["autodeploy-containers-node0"]
+        run_uid = load_state(runner.state_path).run_uid  # type: ignore[union-attr]
+        assert run_uid.startswith("containers-")
+        assert engine.docker("ps", "--format", "{{.Names}}").split() == [f"autodeploy-{run_uid}-node0"]
         frontend = load_state(runner.state_path).stages["launch"].outputs["frontend"]  # type: ignore[union-attr]
         assert _chat(frontend, "Qwen/Qwen3-8B")["usage"]["completion_tokens"] == 4
     finally:
@@ -394,10 +404,11 @@ def test_down_after_a_sigkilled_runner_and_down_twice(tmp_path: Path, tiny_model
     run_dir = str(tmp_path / "run")
     command = [sys.executable, "-m", "automation", "run", str(path), "--to", "launch", "--run-dir", run_dir]
     child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pid_file = tmp_path / "nodes" / "killed" / "generated" / "node_0.pid"
+    pid_file = _node_file(tmp_path, "killed", "generated/node_0.pid")
     deadline = time.monotonic() + 60
     while not pid_file.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+        pid_file = _node_file(tmp_path, "killed", "generated/node_0.pid")
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=10)
     time.sleep(1)  # let the node script start its processes

@@ -503,7 +503,7 @@ def _transport(sock: Any, **kwargs: Any) -> Transport:
 
 
 # A copy writes to the channel in chunks of this size; each becomes SSH packets of what the server accepts.
-_CHUNK = 1 << 20
+_CHUNK = 256 << 10
 # This side's receive window and packet size for each channel (what the node may send before we read).
 _WINDOW = 8 << 20
 _PACKET = 1 << 15

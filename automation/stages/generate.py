@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import re
 import shlex
 import shutil
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ import jinja2
 import yaml
 
 from automation.config import PipelineConfig
+from automation.config.names import SHELL_NAME
 from automation.contracts import ConfigureOutputs, GenerateOutputs, recorded
 from automation.engine_config import (
     TrtllmFamily,
@@ -47,8 +47,6 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 # Dynamo reports a worker healthy once these endpoints serve (DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS).
 HEALTH_STATUS = '["generate"]'
 STOP_GRACE_S = 20  # seconds between TERM and KILL when a node script stops (docs/decisions.md, generate)
-# What bash accepts after `export` (POSIX names); anything else would be parsed as shell code.
-SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _environment() -> jinja2.Environment:

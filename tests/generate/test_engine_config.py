@@ -114,38 +114,42 @@ def _error(config, plan) -> str:
 
 
 def test_unknown_extra_key_names_the_field_and_suggests() -> None:
-    config = pipeline([8], engine_settings={"decode": {"extra": {"print_iter_logs": True}}})
+    config = pipeline([8], engine_settings={"decode": {"extra": {"print_iter_logs": True}}}, checked=False)
     text = _error(config, disagg_plan(replicas=1))
     assert "engine.decode.extra.print_iter_logs" in text and "did you mean 'print_iter_log'" in text
 
 
 def test_unknown_nested_extra_key() -> None:
-    config = pipeline([8], engine_settings={"extra": {"kv_cache_config": {"host_cache": 1}}})
+    config = pipeline([8], engine_settings={"extra": {"kv_cache_config": {"host_cache": 1}}}, checked=False)
     text = _error(config, agg_plan())
     assert "engine.extra.kv_cache_config.host_cache" in text and "host_cache_size" in text
 
 
 def test_extra_may_not_change_what_the_plan_decided() -> None:
-    config = pipeline([8], engine_settings={"agg": {"extra": {"max_batch_size": 4}}})
+    config = pipeline([8], engine_settings={"agg": {"extra": {"max_batch_size": 4}}}, checked=False)
     text = _error(config, agg_plan())
     assert "engine.agg.extra.max_batch_size" in text and "engine.max_batch_size" in text
-    config = pipeline([8], engine_settings={"extra": {"kv_cache_config": {"free_gpu_memory_fraction": 0.5}}})
+    config = pipeline(
+        [8], engine_settings={"extra": {"kv_cache_config": {"free_gpu_memory_fraction": 0.5}}}, checked=False
+    )
     assert "engine.extra.kv_cache_config.free_gpu_memory_fraction" in _error(config, agg_plan())
 
 
 def test_build_config_is_refused_where_the_limits_are_top_level() -> None:
-    config = pipeline([8], backend="1.3.0rc23", engine_settings={"extra": {"build_config": {}}})
+    config = pipeline(
+        [8], backend="1.3.0rc23", engine_settings={"extra": {"build_config": {}}}, checked=False
+    )
     assert "engine.extra.build_config" in _error(config, agg_plan())
 
 
 @pytest.mark.parametrize("version", ["1.2.0rc4", "1.4.0rc1", "0.20.0"])
 def test_unknown_trtllm_version(version: str) -> None:
-    text = _error(pipeline([8], backend=version), agg_plan())
+    text = _error(pipeline([8], backend=version, checked=False), agg_plan())
     assert f"unknown TensorRT-LLM version {version}" in text and "1.3 (1.3.0rc0" in text
 
 
 def test_unknown_version_suggests_a_near_one() -> None:
-    assert "did you mean 1.3.0rc1?" in _error(pipeline([8], backend="1.4.0rc1"), agg_plan())
+    assert "did you mean 1.3.0rc1?" in _error(pipeline([8], backend="1.4.0rc1", checked=False), agg_plan())
 
 
 def test_dynamo_families() -> None:

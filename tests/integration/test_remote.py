@@ -35,12 +35,16 @@ def _ssh(keys: SSHKeys, sshd: Sshd, known_hosts: Path, **kwargs: object) -> SSHH
     )  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["local", "ssh"])
+@pytest.fixture(params=["local", "ssh", "ssh-channel"])
 def host(request: pytest.FixtureRequest, ssh_keys: SSHKeys, loopback_sshd: Sshd, known_hosts: Path):
+    """This machine, a loopback sshd node, and the same node with copies over paramiko's own channel
+    (what put uses where the controller has no OpenSSH client)."""
     if request.param == "local":
         yield LocalHost("node0", "127.0.0.1")
         return
     ssh = _ssh(ssh_keys, loopback_sshd, known_hosts)
+    if request.param == "ssh-channel":
+        ssh.openssh = None
     yield ssh
     ssh.close()
 
@@ -365,17 +369,38 @@ def test_a_connection_dropped_mid_command_is_a_clear_error(
     host.close()
 
 
+def _kill_every_server_side(sshd: Sshd) -> None:
+    """Kill every sshd process serving a connection to this sshd (the copy's, whichever client made it)."""
+    listing = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{sshd.port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pids = {int(pid) for pid in re.findall(r"pid=(\d+)", listing)} - {os.getpid()}
+    assert pids, listing
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("transport", ["openssh", "channel"])
 def test_a_connection_dropped_mid_copy_is_a_clear_error(
-    ssh_keys: SSHKeys, loopback_sshd: Sshd, known_hosts: Path, tmp_path: Path
+    ssh_keys: SSHKeys, loopback_sshd: Sshd, known_hosts: Path, tmp_path: Path, transport: str
 ) -> None:
     source = _tree(tmp_path / "src", {f"part{i}.bin": os.urandom(4 << 20) for i in range(4)})
     host = _ssh(ssh_keys, loopback_sshd, known_hosts)
+    if transport == "channel":
+        host.openssh = None
     killed: list[bool] = []
+    sent: list[int] = []
 
-    def kill_once(_: int) -> None:
-        if not killed:
+    def kill_once(count: int) -> None:
+        # Once data flows (8 MiB is past any pipe buffer, so the copy's connection is up), not before.
+        sent.append(count)
+        if not killed and sum(sent) >= 8 << 20:
             killed.append(True)
-            _kill_server_side(host)
+            _kill_every_server_side(loopback_sshd)
 
     with pytest.raises(HostUnreachableError, match=r"^lost the SSH connection to node1 .*copying"):
         host.put(source, str(tmp_path / "dest"), progress=kill_once)

@@ -4,7 +4,8 @@ Usage (root; needs the packages of scripts/system-packages.txt):
     .venv/bin/python tests/perf/bench_checkpoint_copy.py [GiB] [repeats]
 Makes a checkpoint of four random .safetensors files (GiB in all, default 2), starts two network-namespace
 nodes with their own sshd, then, from the controller namespace, copies it to both nodes at once:
-  ours: checkpoint.copy_to_nodes (the stage's code path: SSHHost.put, a thread per node) in a child
+  ours: checkpoint.copy_to_nodes (the stage's code path: SSHHost.put, a thread per node; the OpenSSH
+        client pinned to the verified host key, or paramiko's channel with BENCH_TRANSPORT=channel) in a child
         process whose peak RSS (VmHWM) it reports; once with one file only, to show that memory does not
         grow with the size copied;
   raw:  `tar -c | ssh node tar -x`, one pipe per node, both at once.
@@ -44,6 +45,9 @@ hosts = [
             known_hosts=Path(args["known_hosts"]))
     for i, a in enumerate(args["addresses"])
 ]
+if args["transport"] == "channel":
+    for host in hosts:
+        host.openssh = None
 start = time.perf_counter()
 sent = copy_to_nodes(
     Path(args["source"]),
@@ -52,7 +56,11 @@ sent = copy_to_nodes(
 )
 seconds = time.perf_counter() - start
 transport = hosts[0]._connect().client.get_transport()
-cipher = f"{transport.local_cipher} {transport.local_mac}"
+cipher = (
+    "OpenSSH client, pinned host key"
+    if hosts[0].openssh
+    else f"paramiko channel, {transport.local_cipher} {transport.local_mac}"
+)
 for host in hosts:
     host.close()
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
@@ -75,7 +83,9 @@ def make_checkpoint(directory: Path, gib: float, files: int = 4) -> list[str]:
     return [*names, "config.json"]
 
 
-def ours(cluster: NamespaceCluster, keys: SSHKeys, tmp: Path, source: Path, files: list[str]) -> dict[str, object]:
+def ours(
+    cluster: NamespaceCluster, keys: SSHKeys, tmp: Path, source: Path, files: list[str]
+) -> dict[str, object]:
     targets = [tmp / f"ours-{i}" for i in range(len(cluster.addresses))]
     args = {
         "source": str(source),
@@ -84,6 +94,8 @@ def ours(cluster: NamespaceCluster, keys: SSHKeys, tmp: Path, source: Path, file
         "targets": [str(t) for t in targets],
         "key": str(keys.client_key),
         "known_hosts": str(tmp / "known_hosts_ours"),
+        # BENCH_TRANSPORT=channel measures the fallback without an OpenSSH client (paramiko's channel).
+        "transport": os.environ.get("BENCH_TRANSPORT", "openssh"),
     }
     done = subprocess.run(
         [*cluster.exec_prefix(), sys.executable, "-c", textwrap.dedent(_OURS), json.dumps(args)],
@@ -121,7 +133,10 @@ def raw(cluster: NamespaceCluster, keys: SSHKeys, tmp: Path, source: Path) -> di
     start, end = (float(x) for x in done.stdout.split())
     delivered = sum(f.stat().st_size for f in (tmp / "raw-0").rglob("*") if f.is_file())
     log = (tmp / "ssh-0.log").read_text()
-    cipher = next((line.split("cipher:")[1].strip() for line in log.splitlines() if "client->server cipher" in line), "?")
+    cipher = next(
+        (line.split("cipher:")[1].strip() for line in log.splitlines() if "client->server cipher" in line),
+        "?",
+    )
     for index in range(len(cluster.addresses)):
         shutil.rmtree(tmp / f"raw-{index}")
     return {"seconds": end - start, "bytes": delivered * len(cluster.addresses), "cipher": cipher}
@@ -133,7 +148,9 @@ def main(gib: float = 2.0, repeats: int = 2) -> None:
         keys = SSHKeys.create(tmp / "ssh")
         source = tmp / "checkpoint"
         files = make_checkpoint(source, gib)
-        print(f"checkpoint: {len(files)} files, {sum((source / f).stat().st_size for f in files) / 1e9:.2f} GB")
+        print(
+            f"checkpoint: {len(files)} files, {sum((source / f).stat().st_size for f in files) / 1e9:.2f} GB"
+        )
         with namespace_cluster(keys, node_count=2) as cluster:
             ours_rates, raw_rates, hwms = [], [], []
             for _ in range(repeats):
@@ -142,7 +159,9 @@ def main(gib: float = 2.0, repeats: int = 2) -> None:
                     rate = float(result["bytes"]) / float(result["seconds"]) / 1e6  # type: ignore[arg-type]
                     rates.append(rate)
                     extra = f"  peak RSS {int(result['hwm_kb']) / 1024:.0f} MB" if "hwm_kb" in result else ""  # type: ignore[call-overload]
-                    print(f"{name:>4}: {result['seconds']:.1f} s, {rate:.0f} MB/s ({result['cipher']}){extra}")
+                    print(
+                        f"{name:>4}: {result['seconds']:.1f} s, {rate:.0f} MB/s ({result['cipher']}){extra}"
+                    )
                 hwms.append(int(mine["hwm_kb"]) / 1024)  # type: ignore[call-overload]
             small = ours(cluster, keys, tmp, source, files[:1])
             print(

@@ -105,7 +105,7 @@ class GenerateOutputs(StageOutputs):
     placement: str = Field(description="placement.json, relative to the run directory")
     nodes: int = report(0, description="nodes that run a script")
     workers: int = report(0, description="workers over the whole cluster")
-    engine: str = report("", description="trtllm or mocker")
+    engine: Literal["trtllm", "mocker", ""] = report("", description="trtllm or mocker")
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -135,7 +135,7 @@ class CheckpointOutputs(StageOutputs):
     stage: ClassVar[str] = "checkpoint"
 
     path: str | None = Field(description="model.path, as written in the pipeline file")
-    source: str = Field(description="present or hub")
+    source: Literal["present", "hub"] = Field(description="where the files came from")
     repo: str | None = Field(None, description="the hub repository (source: hub)")
     commit: str | None = Field(None, description="the commit the files were read at (source: hub)")
     nodes: dict[str, NodeInventory] = Field(

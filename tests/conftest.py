@@ -54,12 +54,12 @@ def make_runner(pipeline_file: Path) -> Callable[..., tuple[Runner, io.StringIO]
 
     def make(**kwargs: object) -> tuple[Runner, io.StringIO]:
         buffer = io.StringIO()
+        kwargs.setdefault("stages", TEST_STAGES)
         runner = Runner(
             load_pipeline(pipeline_file),
             pipeline_file,
             run_dir=pipeline_file.parent / "run",
             console=Console(file=buffer, plain=True),
-            stages=TEST_STAGES,
             **kwargs,  # type: ignore[arg-type]
         )
         return runner, buffer

@@ -242,3 +242,21 @@ def test_identity_leaves_out_what_stages_only_report() -> None:
     checkpoint = CheckpointOutputs(path="/m", source="hub", downloaded_to=["n1"])
     assert "downloaded_to" not in checkpoint.identity()
     assert checkpoint.record()["downloaded_to"] == ["n1"]  # still recorded, for status
+
+
+def test_down_tries_every_teardown_and_reports_each_failure(make_runner, calls_file, monkeypatch) -> None:
+    from tests.harness.stages import STAGES_WITH_EPSILON
+
+    make_runner(stages=STAGES_WITH_EPSILON)[0].run(Selection())
+    monkeypatch.setenv("AUTODEPLOY_TEST_TEARDOWN_FAIL", "epsilon")
+    runner, out = make_runner(stages=STAGES_WITH_EPSILON)
+    assert runner.down() == 1
+    text = out.getvalue()
+    assert "could not stop: node7 cannot be reached (bring node7 back)" in text
+    assert "stopped: gamma's processes" in text  # torn down although epsilon's teardown (first) failed
+    assert "run autodeploy down again" in text
+    statuses = _statuses(runner)
+    assert statuses["gamma"] == "stopped" and statuses["epsilon"] == "done"  # what failed stays to retry
+    monkeypatch.delenv("AUTODEPLOY_TEST_TEARDOWN_FAIL")
+    runner, out = make_runner(stages=STAGES_WITH_EPSILON)
+    assert runner.down() == 0 and "stopped: epsilon's processes" in out.getvalue()

@@ -206,7 +206,7 @@ class Summarize(Stage):
         ctx.write_text("report/summary.md", markdown(ctx.config, plan_text, rows, design))
         ctx.write_text(
             "report/summary.json",
-            json.dumps({"plan": plan.to_dict(), "design_concurrency": design, "rows": rows}, indent=2)
+            json.dumps({"plan": plan.to_dict(), "design_concurrency": design, "rows": rows}, indent=2),
         )
         title = f"{ctx.config.name}: {plan_text}"
         curve = predicted_curve(plan, max(max(benchmark.levels), design))

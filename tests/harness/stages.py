@@ -5,6 +5,7 @@ AUTODEPLOY_TEST_SLEEP     "<stage>:<seconds>": that stage sleeps (to be killed o
 AUTODEPLOY_TEST_FAIL      "<stage>": that stage raises StageError
 AUTODEPLOY_TEST_CRASH     "<stage>": that stage raises an unexpected exception
 AUTODEPLOY_TEST_STALE     "<stage>": that stage's verify() says its result is no longer valid
+AUTODEPLOY_TEST_TEARDOWN_FAIL "epsilon": epsilon's teardown raises StageError
 """
 
 from __future__ import annotations
@@ -104,6 +105,18 @@ class Gamma(_Recording):
         return "gamma's processes"
 
 
+class Epsilon(_Recording):
+    """Last, with a teardown that fails when AUTODEPLOY_TEST_TEARDOWN_FAIL names it."""
+
+    name = "epsilon"
+    Outputs = _outputs_of("epsilon")
+
+    def teardown(self, ctx: StageContext, record: StageRecord) -> str | None:
+        if _env_stage("AUTODEPLOY_TEST_TEARDOWN_FAIL")[0] == self.name:
+            raise StageError("node7 cannot be reached", hint="bring node7 back", host="node7")
+        return "epsilon's processes"
+
+
 class Delta(_Recording):
     """Depends on alpha only: a change to beta's inputs must not re-run it."""
 
@@ -112,5 +125,7 @@ class Delta(_Recording):
     needs = ("alpha",)
 
 
-OUTPUTS = {stage.name: stage.Outputs for stage in (Alpha, Beta, Gamma, Delta)}
+OUTPUTS = {stage.name: stage.Outputs for stage in (Alpha, Beta, Gamma, Delta, Epsilon)}
+# With a failing teardown after gamma's (down walks them in reverse): for the down tests only.
+STAGES_WITH_EPSILON: tuple[type[Stage], ...] = (Alpha, Beta, Gamma, Delta, Epsilon)
 TEST_STAGES: tuple[type[Stage], ...] = (Alpha, Beta, Gamma, Delta)

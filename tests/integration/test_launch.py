@@ -287,6 +287,21 @@ def test_two_node_disagg_prefill_on_node0_decode_on_node1(
         assert json.loads(chat.stdout)["usage"]["completion_tokens"] == 3
         assert any("dynamo.mocker" in p for p in _namespace_processes(netns, 1))  # decode lives in node 1
         print(f"two-node disagg: configure..launch ready in {elapsed:.1f}s")
+
+        # down while node 1 cannot be reached: every other teardown still runs, and it says what is left.
+        data = yaml.safe_load(path.read_text())
+        data["cluster"]["nodes"][1]["ssh_port"] = 2222
+        path.write_text(yaml.safe_dump(data))
+        broken = _in_controller(
+            netns, sys.executable, "-m", "automation", "down", str(path), "--run-dir", run_dir
+        )
+        assert broken.returncode == 1, broken.stdout + broken.stderr
+        assert "could not stop the workers on node1 (cannot reach node1 over SSH" in broken.stdout
+        assert "stopped: nats and etcd on node0" in broken.stdout  # infra's teardown still ran
+        assert not any("dynamo" in p for p in _namespace_processes(netns, 0))
+        assert any("dynamo.mocker" in p for p in _namespace_processes(netns, 1))  # what is left, as said
+        data["cluster"]["nodes"][1].pop("ssh_port")
+        path.write_text(yaml.safe_dump(data))
     finally:
         down = _in_controller(
             netns, sys.executable, "-m", "automation", "down", str(path), "--run-dir", run_dir

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -85,7 +86,7 @@ def make_checkpoint(directory: Path, gib: float, files: int = 4) -> list[str]:
 
 def ours(
     cluster: NamespaceCluster, keys: SSHKeys, tmp: Path, source: Path, files: list[str]
-) -> dict[str, object]:
+) -> dict[str, Any]:
     targets = [tmp / f"ours-{i}" for i in range(len(cluster.addresses))]
     args = {
         "source": str(source),
@@ -108,11 +109,11 @@ def ours(
         raise SystemExit(f"the copy failed:\n{done.stderr}")
     for target in targets:
         shutil.rmtree(target)
-    result: dict[str, object] = json.loads(done.stdout)
+    result: dict[str, Any] = json.loads(done.stdout)
     return result
 
 
-def raw(cluster: NamespaceCluster, keys: SSHKeys, tmp: Path, source: Path) -> dict[str, object]:
+def raw(cluster: NamespaceCluster, keys: SSHKeys, tmp: Path, source: Path) -> dict[str, Any]:
     """One `tar -c | ssh tar -x` per node, all at once, timed inside the controller namespace."""
     ssh = (
         f"ssh -v -i {shlex.quote(str(keys.client_key))} -o IdentitiesOnly=yes -o BatchMode=yes "
@@ -152,30 +153,37 @@ def main(gib: float = 2.0, repeats: int = 2) -> None:
             f"checkpoint: {len(files)} files, {sum((source / f).stat().st_size for f in files) / 1e9:.2f} GB"
         )
         with namespace_cluster(keys, node_count=2) as cluster:
-            ours_rates, raw_rates, hwms = [], [], []
+            ours_rates: list[float] = []
+            raw_rates: list[float] = []
+            hwms: list[float] = []
             for _ in range(repeats):
-                mine, theirs = ours(cluster, keys, tmp, source, files), raw(cluster, keys, tmp, source)
-                for name, result, rates in (("ours", mine, ours_rates), ("raw", theirs, raw_rates)):
-                    rate = float(result["bytes"]) / float(result["seconds"]) / 1e6  # type: ignore[arg-type]
+                mine = ours(cluster, keys, tmp, source, files)
+                theirs = raw(cluster, keys, tmp, source)
+                runs: list[tuple[str, dict[str, Any], list[float]]] = [
+                    ("ours", mine, ours_rates),
+                    ("raw", theirs, raw_rates),
+                ]
+                for name, result, rates in runs:
+                    rate = result["bytes"] / result["seconds"] / 1e6
                     rates.append(rate)
-                    extra = f"  peak RSS {int(result['hwm_kb']) / 1024:.0f} MB" if "hwm_kb" in result else ""  # type: ignore[call-overload]
+                    extra = f"  peak RSS {result['hwm_kb'] / 1024:.0f} MB" if "hwm_kb" in result else ""
                     print(
                         f"{name:>4}: {result['seconds']:.1f} s, {rate:.0f} MB/s ({result['cipher']}){extra}"
                     )
-                hwms.append(int(mine["hwm_kb"]) / 1024)  # type: ignore[call-overload]
+                hwms.append(mine["hwm_kb"] / 1024)
             small = ours(cluster, keys, tmp, source, files[:1])
             print(
-                f"ours, one file ({int(small['bytes']) / 1e9:.2f} GB): peak RSS "  # type: ignore[call-overload]
-                f"{int(small['hwm_kb']) / 1024:.0f} MB"  # type: ignore[call-overload]
+                f"ours, one file ({small['bytes'] / 1e9:.2f} GB to the nodes): peak RSS {small['hwm_kb'] / 1024:.0f} MB"
             )
         ours_best, raw_best = max(ours_rates), max(raw_rates)
+        ours_median, raw_median = statistics.median(ours_rates), statistics.median(raw_rates)
         print(
-            f"summary: peak RSS {max(hwms):.0f} MB (one file: {int(small['hwm_kb']) / 1024:.0f} MB); "  # type: ignore[call-overload]
-            f"ours {ours_best:.0f} MB/s (median {statistics.median(ours_rates):.0f}), "
-            f"raw {raw_best:.0f} MB/s (median {statistics.median(raw_rates):.0f}), "
-            f"ours/raw {ours_best / raw_best:.0%}"
+            f"summary: peak RSS {max(hwms):.0f} MB (one file: {small['hwm_kb'] / 1024:.0f} MB); "
+            f"ours {ours_median:.0f} MB/s median (best {ours_best:.0f}), "
+            f"raw {raw_median:.0f} MB/s median (best {raw_best:.0f}), "
+            f"ours/raw {ours_median / raw_median:.0%} of medians ({ours_best / raw_best:.0%} of bests)"
         )
 
 
 if __name__ == "__main__":
-    main(*(float(a) if i == 0 else int(a) for i, a in enumerate(sys.argv[1:])))  # type: ignore[arg-type]
+    main(float(sys.argv[1]) if len(sys.argv) > 1 else 2.0, int(sys.argv[2]) if len(sys.argv) > 2 else 2)

@@ -443,25 +443,9 @@ class SSHHost(Host):
     def put(
         self, local: Path, remote: str, files: Sequence[str] | None = None, progress: Progress | None = None
     ) -> None:
-        if self.openssh is not None:
-            self._put_openssh(self.openssh, local, remote, files, progress)
-        else:
-            self._put_channel(local, remote, files, progress)
-
-    def _put_openssh(
-        self,
-        ssh: str,
-        local: Path,
-        remote: str,
-        files: Sequence[str] | None,
-        progress: Progress | None,
-    ) -> None:
-        """The same tar stream as _put_channel, written into an `ssh` child instead of a paramiko channel.
-
-        Same node, user, port and key as every other command, and the host key is pinned: the child may
-        only talk to a server holding the very key this Host's own connection verified (under the
-        pipeline's host_keys policy), written to a one-line known_hosts of its own.
-        """
+        # A tar stream: needs only tar on the node, not the sftp subsystem. It is made as it is sent, a
+        # chunk at a time, so memory does not grow with the checkpoint; not compressed, since
+        # safetensors do not compress.
         chosen = _selection(local, files, self.name)
         target = self.path(remote)  # connects (and checks the host key) first
         if not chosen:
@@ -469,20 +453,37 @@ class SSHHost(Host):
         into = target if local.is_dir() else str(Path(target).parent)
         if not local.is_dir():
             chosen = [(local, Path(target).name)]
-        doing = f"copying {local} to {target}"
-        command = f"mkdir -p {shlex.quote(into)} && tar -xf - -C {shlex.quote(into)} --no-same-owner"
+        copy = _Copy(
+            chosen=chosen,
+            what=f"put {local} -> {target}",
+            doing=f"copying {local} to {target}",
+            command=f"mkdir -p {shlex.quote(into)} && tar -xf - -C {shlex.quote(into)} --no-same-owner",
+        )
+        if self.openssh is not None:
+            self._put_openssh(self.openssh, copy, progress)
+        else:
+            self._put_channel(copy, progress)
+
+    def _put_openssh(self, ssh: str, copy: _Copy, progress: Progress | None) -> None:
+        """The same tar stream as _put_channel, written into an `ssh` child instead of a paramiko channel.
+
+        Same node, user, port and key as every other command, and the host key is pinned: the child may
+        only talk to a server holding the very key this Host's own connection verified (under the
+        pipeline's host_keys policy), written to a one-line known_hosts of its own.
+        """
+        doing = copy.doing
         key = self._connect().client.get_transport().get_remote_server_key()
         with tempfile.TemporaryDirectory(prefix="autodeploy-ssh-") as scratch:
             pinned = Path(scratch) / "known_hosts"
             pinned.write_text(f"{_PINNED_ALIAS} {key.get_name()} {key.get_base64()}\n")
             errors = Path(scratch) / "stderr"
-            argv = [ssh, *self._openssh_options(pinned), self.address, f"bash -c {shlex.quote(command)}"]
+            argv = [ssh, *self._openssh_options(pinned), self.address, f"bash -c {shlex.quote(copy.command)}"]
             with errors.open("wb") as err:
                 child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
             assert child.stdin is not None
             broken = False
             try:
-                _send_tar(chosen, _PipeWriter(child.stdin), progress, self.name)
+                _send_tar(copy.chosen, _PipeWriter(child.stdin), progress, self.name)
             except BrokenPipeError:
                 broken = True  # the node's tar (or the connection) went away: its status says which
             except BaseException:
@@ -502,7 +503,7 @@ class SSHHost(Host):
         if status == 255:  # ssh's own failure: the connection, not the command
             raise self._lost(doing, RuntimeError(_tail(said, 3) or "ssh exited 255")) from None
         if status != 0 or broken:
-            raise RemoteCommandError(self.name, f"put {local} -> {target}", status, _tail(said))
+            raise RemoteCommandError(self.name, copy.what, status, _tail(said))
 
     def _openssh_options(self, pinned: Path) -> list[str]:
         options = {
@@ -528,29 +529,17 @@ class SSHHost(Host):
             words += ["-o", f"{name}={value}"]
         return words
 
-    def _put_channel(
-        self, local: Path, remote: str, files: Sequence[str] | None, progress: Progress | None
-    ) -> None:
+    def _put_channel(self, copy: _Copy, progress: Progress | None) -> None:
+        """The tar stream over an exec channel of this Host's own paramiko connection."""
         import paramiko
 
-        # A tar stream over an exec channel: needs only tar on the node, not the sftp subsystem. It is
-        # made as it is sent, a chunk at a time, so memory does not grow with the checkpoint; not
-        # compressed, since safetensors do not compress.
-        chosen = _selection(local, files, self.name)
-        target = self.path(remote)
-        if not chosen:
-            return
-        into = target if local.is_dir() else str(Path(target).parent)
-        if not local.is_dir():
-            chosen = [(local, Path(target).name)]
-        doing = f"copying {local} to {target}"
-        command = f"mkdir -p {shlex.quote(into)} && tar -xf - -C {shlex.quote(into)} --no-same-owner"
+        doing = copy.doing
         channel = self._session(doing)
         try:
             # A node that stops taking data for this long counts as gone.
             channel.settimeout(_STALLED_S)
-            channel.exec_command(f"bash -c {shlex.quote(command)}")
-            _send_tar(chosen, _ChannelWriter(channel), progress, self.name)
+            channel.exec_command(f"bash -c {shlex.quote(copy.command)}")
+            _send_tar(copy.chosen, _ChannelWriter(channel), progress, self.name)
             channel.shutdown_write()
             _, errors, finished = _collect(channel, _STALLED_S)
         except (paramiko.SSHException, EOFError, OSError) as exc:
@@ -561,7 +550,7 @@ class SSHHost(Host):
                 raise self._lost(doing, exc) from None
             raise RemoteCommandError(
                 self.name,
-                f"put {local} -> {target}",
+                copy.what,
                 channel.exit_status,
                 _tail(errors.decode(errors="replace")),
             ) from None
@@ -572,7 +561,7 @@ class SSHHost(Host):
         if channel.exit_status != 0:
             raise RemoteCommandError(
                 self.name,
-                f"put {local} -> {target}",
+                copy.what,
                 channel.exit_status,
                 _tail(errors.decode(errors="replace")),
             )
@@ -627,6 +616,16 @@ def _collect(channel: Channel, timeout: float | None) -> tuple[bytes, bytes, boo
     finished = channel.status_event.wait(rest)
     drain()
     return bytes(out), bytes(err), finished
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """One put, whichever transport carries it: what to send, and the node's side of it."""
+
+    chosen: list[tuple[Path, str]]  # (local path, name in the archive)
+    what: str  # for a RemoteCommandError
+    doing: str  # for a lost-connection error
+    command: str  # the node's end: mkdir and tar -x
 
 
 # The name the pinned known_hosts file gives the node, whatever its address and port.

@@ -120,6 +120,34 @@ class NodeCopy:
     files: tuple[str, ...]  # relative to the source directory
 
 
+def check_on_nodes(hosts: Sequence[Host], paths: Sequence[str], manifest: Manifest) -> list[dict[str, str]]:
+    """check_files (sizes and sha256) on every node at once, a thread per node; results in node order.
+
+    Every check runs to its end; then the first failure (a node that cannot be reached) is raised.
+    """
+    results: list[dict[str, str]] = [{} for _ in hosts]
+    failures: list[BaseException | None] = [None for _ in hosts]
+
+    def check(index: int) -> None:
+        try:
+            results[index] = check_files(hosts[index], paths[index], manifest, True)
+        except BaseException as exc:  # handed to the caller's thread below
+            failures[index] = exc
+
+    threads = [
+        threading.Thread(target=check, args=(i,), name=f"check-{h.name}", daemon=True)
+        for i, h in enumerate(hosts)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for failure in failures:
+        if failure is not None:
+            raise failure
+    return results
+
+
 def copy_to_nodes(source: Path, copies: Sequence[NodeCopy], display: StageDisplay) -> dict[str, int]:
     """Send every node its files from `source`, all nodes at once; returns the bytes sent, by node.
 
@@ -228,8 +256,10 @@ class Checkpoint(Stage):
         copied: dict[str, int] = {}
         try:
             paths = [host.path(config.model.path or "") for host in hosts]
-            # Checked once per node (sizes, then sha256 of LFS files); hashing a big checkpoint is slow.
-            problems = [check_files(h, p, manifest, True) for h, p in zip(hosts, paths, strict=True)]
+            # Checked once per node (sizes, then sha256 of LFS files): hashing a big checkpoint is slow,
+            # so every node hashes its own copy at the same time.
+            ctx.display.status(f"checking the files on {', '.join(h.name for h in hosts)}")
+            problems = check_on_nodes(hosts, paths, manifest)
             missing = [i for i, found in enumerate(problems) if found]
             if missing:
                 local = next((i for i in missing if isinstance(hosts[i], LocalHost)), None)
@@ -250,8 +280,8 @@ class Checkpoint(Stage):
                 if copies:
                     ctx.display.status(f"copying to {', '.join(c.host.name for c in copies)}")
                     copied = copy_to_nodes(source, copies, ctx.display)
-                for i in missing:
-                    left = check_files(hosts[i], paths[i], manifest, True)
+                after = check_on_nodes([hosts[i] for i in missing], [paths[i] for i in missing], manifest)
+                for i, left in zip(missing, after, strict=True):
                     if left:
                         first = next(iter(left.values()))
                         raise StageError(

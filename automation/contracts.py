@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
 
+from automation.errors import InputError
 from automation.perfmodel.plan import Plan, Prediction
 
 
@@ -64,11 +65,21 @@ def recorded(kind: type[OutputsT], data: Any) -> OutputsT | None:
 
 
 def _plan(value: Any) -> Plan:
-    return value if isinstance(value, Plan) else Plan.from_dict(dict(value))
+    if isinstance(value, Plan):
+        return value
+    try:
+        return Plan.from_dict(dict(value))
+    except InputError as exc:  # pydantic turns only ValueError into "does not fit the model"
+        raise ValueError(exc.message) from None
 
 
 def _prediction(value: Any) -> Prediction:
-    return value if isinstance(value, Prediction) else Prediction(**dict(value))
+    if isinstance(value, Prediction):
+        return value
+    try:
+        return Prediction(**dict(value))
+    except TypeError as exc:  # missing or unknown fields
+        raise ValueError(str(exc)) from None
 
 
 PlanField = Annotated[Plan, PlainValidator(_plan), PlainSerializer(lambda p: p.to_dict())]

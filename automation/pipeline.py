@@ -179,22 +179,22 @@ class Runner:
             state.record(name)
         return state
 
-    def typed_outputs(self, state: RunState) -> dict[str, StageOutputs]:
-        """The outputs of every done stage, read back as its Outputs model.
+    def typed_outputs(self, state: RunState, *, done_only: bool = True) -> dict[str, StageOutputs]:
+        """The recorded outputs of every done stage (or, for down, of every stage that has some), typed.
 
-        A record that no longer fits its model (written by an older autodeploy) counts as not done.
+        A done record that no longer fits its model (written by an older autodeploy) counts as not done.
         """
         typed: dict[str, StageOutputs] = {}
         for stage in self.stages:
             record = state.stages.get(stage.name)
-            if record is None or not record.done:
+            if record is None or (done_only and not record.done):
                 continue
             outputs = recorded(stage.Outputs, record.outputs)
-            if outputs is None:
+            if outputs is not None:
+                typed[stage.name] = outputs
+            elif done_only:
                 record.status = Status.PENDING
                 record.error = {"message": "recorded by an older autodeploy; runs again"}
-                continue
-            typed[stage.name] = outputs
         return typed
 
     def save(self, state: RunState) -> None:
@@ -361,9 +361,7 @@ class Runner:
                     json.dumps(record_outputs)
                 except KeyboardInterrupt:
                     log.warning("interrupted")
-                    self._finish(state, record, Status.INTERRUPTED, started)
-                    self.console.stage_interrupted(stage.name, self._resume_hint())
-                    return EXIT_INTERRUPTED
+                    raise
                 except AutodeployError as exc:
                     log.error("failed: %s", exc)
                     for key, value in getattr(exc, "details", {}).items():
@@ -403,8 +401,8 @@ class Runner:
             self.console.stage_done(stage.name, record.duration_s or 0.0, stage.describe(result))
             return EXIT_OK
         except KeyboardInterrupt:
-            # Arrived outside the stage's own handler (while its log was opened or closed): the record
-            # must still say interrupted, not running.
+            # Also when it lands outside the stage itself (while its log is opened or closed, or the state
+            # file replaced): the record must say interrupted, not running.
             if record.status != Status.RUNNING:
                 raise
             self._finish(state, record, Status.INTERRUPTED, started)
@@ -481,12 +479,7 @@ class Runner:
         """
         with self.lock():
             state = self.load()
-            outputs: dict[str, StageOutputs] = {}
-            for stage in self.stages:
-                record = state.stages.get(stage.name)
-                found = recorded(stage.Outputs, record.outputs) if record is not None else None
-                if found is not None:
-                    outputs[stage.name] = found
+            outputs = self.typed_outputs(state, done_only=False)
             stopped_any, failures = False, 0
             for stage in reversed(self.stages):
                 record = state.record(stage.name)
@@ -503,11 +496,9 @@ class Runner:
                     except AutodeployError as exc:
                         failures += 1
                         log.error("teardown failed: %s", exc)
+                        hint = f" ({exc.hint})" if exc.hint else ""
                         self.console.stage_note(
-                            stage.name,
-                            redact(f"could not stop: {exc.message} ({exc.hint})", self._secrets)
-                            if exc.hint
-                            else redact(f"could not stop: {exc.message}", self._secrets),
+                            stage.name, redact(f"could not stop: {exc.message}{hint}", self._secrets)
                         )
                         continue
                     except Exception as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import select
 import shlex
 import shutil
@@ -40,6 +41,17 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class Listener:
+    """What listens on a port: the process name and pid, when `ss` may say (root, or the same user)."""
+
+    process: str | None
+    pid: int | None
+
+    def __str__(self) -> str:
+        return f"{self.process} (pid {self.pid})" if self.process else "another process"
 
 
 @dataclass(frozen=True)
@@ -183,6 +195,23 @@ class Host(ABC):
         target = shlex.quote(self.path(path))
         return self.run(f"tail -n {lines} {target} 2>/dev/null", check=False, timeout=30).stdout
 
+    def listeners(self, ports: Sequence[int]) -> dict[int, Listener]:
+        """Which of `ports` something already listens on (TCP), on the host."""
+        result = self.run("ss -ltnpH 2>/dev/null || true", timeout=30)
+        taken: dict[int, Listener] = {}
+        for line in result.stdout.splitlines():
+            fields = line.split()
+            if len(fields) < 4:
+                continue
+            port_text = fields[3].rsplit(":", 1)[-1]
+            if not port_text.isdigit() or int(port_text) not in ports:
+                continue
+            process = re.search(r'users:\(\("([^"]+)",pid=(\d+)', line)
+            taken[int(port_text)] = (
+                Listener(process.group(1), int(process.group(2))) if process else Listener(None, None)
+            )
+        return taken
+
     def path(self, path: str) -> str:
         """`path` as this host's processes must see it: a leading `~` or `~/` becomes the login user's home.
 
@@ -207,10 +236,6 @@ class Host(ABC):
                 )
             self._home = home.rstrip("/") or "/"
         return self._home + path[1:]
-
-    def expand(self, path: str) -> str:
-        """Alias of path(), kept for the callers that still use it."""
-        return self.path(path)
 
 
 class LocalHost(Host):

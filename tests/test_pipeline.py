@@ -260,3 +260,13 @@ def test_down_tries_every_teardown_and_reports_each_failure(make_runner, calls_f
     monkeypatch.delenv("AUTODEPLOY_TEST_TEARDOWN_FAIL")
     runner, out = make_runner(stages=STAGES_WITH_EPSILON)
     assert runner.down() == 0 and "stopped: epsilon's processes" in out.getvalue()
+
+
+def test_a_record_of_an_older_autodeploy_reads_as_nothing_recorded() -> None:
+    """An old plan shape (or prediction) in state.json makes the stage run again, never a crash."""
+    from automation.contracts import ConfigureOutputs, recorded
+
+    old_plan = {"mode": "agg", "plan": {"mode": "agg", "roles": [{"role": "agg", "tp": 1}]}, "prediction": {}}
+    assert recorded(ConfigureOutputs, old_plan) is None
+    assert recorded(ConfigureOutputs, {"mode": "agg", "unknown": 1}) is None
+    assert recorded(ConfigureOutputs, {}) is None

@@ -172,7 +172,7 @@ def estimate(plan: Plan) -> Prediction:
     )
 
 
-def predict_at_concurrency(plan: Plan, concurrency: int) -> Prediction:
+def predict_at_concurrency(plan: Plan, concurrency: float) -> Prediction:
     """The prediction with `concurrency` requests in flight over the whole deployment (closed loop).
 
     Requests spread evenly over replicas. agg: batch b = clamp(c/(replicas·dp·pp), 1, max_batch_size);

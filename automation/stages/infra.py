@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import time
 import urllib.error
@@ -102,35 +101,6 @@ def healthy(service: Service) -> bool:
     if service.name == "etcd":
         return str(body.get("health")) == "true"
     return str(body.get("status")) == "ok"
-
-
-@dataclass(frozen=True)
-class Listener:
-    """What listens on a port: the process name and pid, when `ss` may say (root, or the same user)."""
-
-    process: str | None
-    pid: int | None
-
-    def __str__(self) -> str:
-        return f"{self.process} (pid {self.pid})" if self.process else "another process"
-
-
-def listeners(host: Host, ports: tuple[int, ...]) -> dict[int, Listener]:
-    """Which of `ports` something already listens on, on the host."""
-    result = host.run("ss -ltnpH 2>/dev/null || true", timeout=30)
-    taken: dict[int, Listener] = {}
-    for line in result.stdout.splitlines():
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        port_text = fields[3].rsplit(":", 1)[-1]
-        if not port_text.isdigit() or int(port_text) not in ports:
-            continue
-        process = re.search(r'users:\(\("([^"]+)",pid=(\d+)', line)
-        taken[int(port_text)] = (
-            Listener(process.group(1), int(process.group(2))) if process else Listener(None, None)
-        )
-    return taken
 
 
 @dataclass(frozen=True)
@@ -420,7 +390,7 @@ class Infra(Stage):
         return _Native(head, directory)
 
     def _check_ports(self, head: Host, service: Service, work_root: str) -> None:
-        taken = listeners(head, service.ports)
+        taken = head.listeners(service.ports)
         if not taken:
             return
         port = next(p for p in service.ports if p in taken)  # the client port first: the one people know

@@ -210,10 +210,10 @@ class Launch(Stage):
         remote_dir = ctx.remote_dir + "/generated"
         stopped: list[str] = []
         failed: list[str] = []
+        known = recorded(LaunchOutputs, record.outputs)
         for index, node in enumerate(config.cluster.nodes):
             host = host_for(config, node)
             try:
-                known = recorded(LaunchOutputs, record.outputs)
                 process_data = known.processes.get(str(index)) if known else None
                 process = (
                     Detached.from_dict(process_data)
@@ -377,7 +377,7 @@ class Launch(Stage):
         host = hosts.get(node)
         if host is None:
             return
-        holder = port_holder(host, port)
+        holder = host.listeners([port]).get(port)
         if holder is None:
             return
         ours = self._from_pid_file(host, host.path(ctx.remote_dir + "/generated"), node)
@@ -412,17 +412,6 @@ class Launch(Stage):
 def container_name(run_id: str, index: int) -> str:
     """Named after the run id (unique per run directory): two runs never remove each other's containers."""
     return f"autodeploy-{run_id}-node{index}"
-
-
-def port_holder(host: Host, port: int) -> str | None:
-    """What listens on a TCP port of the host ('name (pid N)' when ss can tell), or None."""
-    listening = host.run("ss -ltnpH 2>/dev/null || true", timeout=30).stdout
-    for line in listening.splitlines():
-        fields = line.split()
-        if len(fields) >= 4 and fields[3].rsplit(":", 1)[-1] == str(port):
-            process = re.search(r'users:\(\("([^"]+)",pid=(\d+)', line)
-            return f"{process.group(1)} (pid {process.group(2)})" if process else "another process"
-    return None
 
 
 def node_command(

@@ -57,8 +57,7 @@ def predicted_curve(plan: Any, highest: int) -> list[dict[str, Any]]:
     while c <= 1.5 * highest:
         grid.append(c)
         c *= 2**0.25
-    # predict_at_concurrency is defined for fractional concurrency too: the curve is drawn smooth.
-    return [predict_at_concurrency(plan, value).to_dict() for value in grid]  # type: ignore[arg-type]
+    return [predict_at_concurrency(plan, value).to_dict() for value in grid]
 
 
 def _percent(value: float | None) -> str:

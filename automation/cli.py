@@ -149,6 +149,12 @@ def _plan(args: argparse.Namespace) -> int:
         verb = words[decision.action]
         text = f"{verb}: {decision.reason}" if verb else decision.reason
         runner.console.line(f"{symbols[decision.action]} {decision.stage:<11} {text}")
+    from automation import node_runtime
+
+    launched = runner.typed_outputs(runner.load()).get("launch")
+    runner.console.line("nodes", "bold")
+    for line in node_runtime.describe(runner.config, node_runtime.recorded(launched)):
+        runner.console.line(f"  {line}")
     return EXIT_OK
 
 

@@ -193,6 +193,10 @@ class LaunchOutputs(StageOutputs):
     reused_nodes: list[int] = report(
         default_factory=list, description="nodes whose running node script was kept"
     )
+    node_runtime: dict[str, dict[str, Any]] = report(
+        default_factory=dict,
+        description="per started node (by index): who the workers run as and whether RDMA is used",
+    )
 
 
 # ------------------------------------------------------------------------------------------ benchmark

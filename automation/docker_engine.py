@@ -52,6 +52,17 @@ class DockerEngine:
             return None
         raise self._failed(f"docker image inspect {image}", found)
 
+    def image_user(self, image: str) -> str:
+        """The user the image's processes run as (its USER; "" in the image means root).
+
+        Raises:
+            StageError: the image is not on the node, or docker failed.
+        """
+        found = self._docker("image", "inspect", "--format", "{{.Config.User}}", image, check=False)
+        if not found.ok:
+            raise self._failed(f"docker image inspect {image}", found)
+        return found.stdout.strip() or "root"
+
     def image_present(self, image: str) -> bool:
         return self.image_id(image) is not None
 

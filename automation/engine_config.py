@@ -4,45 +4,12 @@ from __future__ import annotations
 
 import copy
 import difflib
-import functools
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import yaml
-
-from automation.config import VERSIONS_FILE
 from automation.errors import InputError
 from automation.perfmodel.plan import Plan, RolePlan
-
-_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:rc(\d+))?(?:\.post(\d+))?$")
-
-
-def version_key(version: str) -> tuple[int, ...]:
-    """Sortable key of a version like 1.2.0rc6.post1 (rc < final < .postN).
-
-    Raises:
-        InputError: the text is not such a version.
-    """
-    match = _VERSION.match(str(version).strip())
-    if not match:
-        raise InputError(f"'{version}' is not a version like 1.0.0rc6 or 1.3.0", hint="fix the version")
-    major, minor, patch, rc, post = match.groups()
-    # A final release sorts after all of its release candidates.
-    stage = (0, int(rc)) if rc is not None else (1, 0)
-    return (int(major), int(minor), int(patch), *stage, int(post or 0))
-
-
-@functools.cache
-def versions_data() -> dict[str, Any]:
-    """automation/data/versions.yaml, parsed once."""
-    data: dict[str, Any] = yaml.safe_load(VERSIONS_FILE.read_text())
-    return data
-
-
-def _in_range(version: str, entry: dict[str, Any]) -> bool:
-    key = version_key(version)
-    return version_key(str(entry["from"])) <= key < version_key(str(entry["until"]))
+from automation.versions import in_range, version_key, versions_data
 
 
 @dataclass(frozen=True)
@@ -56,25 +23,9 @@ class TrtllmFamily:
     planned: frozenset[str]
 
 
-@dataclass(frozen=True)
-class DynamoFamily:
-    """Worker command-line facts of a Dynamo release family."""
-
-    name: str
-    model_flag: str
-    strategy_flag: tuple[str, ...]
-    components: dict[str, str]
-    kv_events_flag: str
-    next_endpoint_flag: str | None
-    system_enabled_env: bool
-    # Environment variables that make a process bind and advertise on one address (else Dynamo picks
-    # the first interface's address, which may not be the one the other nodes reach).
-    bind_address_env: tuple[str, ...] = ()
-
-
 def _known_trtllm_versions() -> list[str]:
     data = versions_data()
-    known = {str(v) for v in data["dynamo_to_trtllm"].values()}
+    known = {str(v) for v in data["dynamo_releases"].values()}
     known |= {str(f["from"]) for f in data["trtllm_families"]}
     return sorted(known, key=version_key)
 
@@ -99,7 +50,7 @@ def trtllm_family(version: str) -> TrtllmFamily:
     """
     data = versions_data()
     families = data["trtllm_families"]
-    entry = next((f for f in families if _in_range(version, f)), None)
+    entry = next((f for f in families if in_range(version, f)), None)
     if entry is None:
         ranges = ", ".join(f"{f['name']} ({f['from']} ≤ v < {f['until']})" for f in families)
         close = difflib.get_close_matches(str(version), _known_trtllm_versions(), n=1, cutoff=0.6)
@@ -123,32 +74,6 @@ def trtllm_family(version: str) -> TrtllmFamily:
         top_keys=frozenset(top),
         sections=sections,
         planned=frozenset(keys["planned"]),
-    )
-
-
-def dynamo_family(version: str) -> DynamoFamily:
-    """The worker command-line family of a Dynamo release.
-
-    Raises:
-        InputError: the release is in no known family.
-    """
-    families = versions_data()["dynamo_families"]
-    entry = next((f for f in families if _in_range(version, f)), None)
-    if entry is None:
-        ranges = ", ".join(f"{f['name']} ({f['from']} ≤ v < {f['until']})" for f in families)
-        raise InputError(
-            f"dynamo.version: no worker command line known for Dynamo {version} (known: {ranges})",
-            hint="set dynamo.version to a supported release",
-        )
-    return DynamoFamily(
-        name=str(entry["name"]),
-        model_flag=str(entry["model_flag"]),
-        strategy_flag=tuple(str(x) for x in entry["strategy_flag"]),
-        components={str(k): str(v) for k, v in entry["components"].items()},
-        kv_events_flag=str(entry["kv_events_flag"]),
-        next_endpoint_flag=entry.get("next_endpoint_flag"),
-        system_enabled_env=bool(entry["system_enabled_env"]),
-        bind_address_env=tuple(str(x) for x in entry.get("bind_address_env", ())),
     )
 
 
@@ -237,11 +162,18 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def engine_config(
-    plan: Plan, role: RolePlan, family: TrtllmFamily, extra: dict[str, Any], where: str
+    plan: Plan,
+    role: RolePlan,
+    family: TrtllmFamily,
+    extra: dict[str, Any],
+    where: str,
+    block_reuse: bool = False,
 ) -> dict[str, Any]:
     """The engine YAML of one role as a dict, in the order it is written.
 
     `extra` (engine.extra merged with engine.<role>.extra) is checked against the family's keys first.
+    block_reuse: KV-cache block reuse, on where the router is KV-aware (routing to the worker that holds a
+    prompt's blocks gains nothing if the worker cannot reuse them); engine.extra may still set it.
 
     Raises:
         InputError: an extra key is unknown or belongs to the plan.
@@ -273,8 +205,9 @@ def engine_config(
         "free_gpu_memory_fraction": role.free_gpu_memory_fraction,
         "dtype": role.kv_cache_dtype,
         "tokens_per_block": role.tokens_per_block,
-        # Benchmarks send unique prompts; reuse off keeps what is measured equal to what was modelled.
-        "enable_block_reuse": False,
+        # Off unless the router is KV-aware: the benchmark sends unique prompts, so either way what is
+        # measured is what was modelled, and without a KV router reuse only costs bookkeeping.
+        "enable_block_reuse": block_reuse,
     }
     if plan.mode == "disagg":
         cfg["cache_transceiver_config"] = {

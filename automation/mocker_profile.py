@@ -56,11 +56,15 @@ def geometric_grid(low: float, high: float, points: int) -> np.ndarray:
     return np.unique(np.round(np.geomspace(low, high, points), 6))
 
 
-def profile_grids(role: RolePlan, isl: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(prefill tokens, decode active kv tokens, decode mean context length) grids for one role."""
+def profile_grids(
+    role: RolePlan, isl: int, seq_len: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prefill tokens, decode active kv tokens, decode mean context length) grids for one role, up to the
+    workload's requests of seq_len tokens (default: the role's max_seq_len), so that the grid spends its
+    points where the benchmark's requests run rather than up to the deployed max_seq_len."""
     prefill_max = max(role.max_num_tokens, isl, 2)
-    ctx_max = max(role.max_seq_len, 2)
-    kv_max = max(role.max_batch_size * role.max_seq_len, ctx_max)
+    ctx_max = max(min(seq_len or role.max_seq_len, role.max_seq_len), 2)
+    kv_max = max(role.max_batch_size * ctx_max, ctx_max)
     return (
         quadratic_grid(1.0, float(prefill_max), PREFILL_POINTS),
         geometric_grid(1.0, float(kv_max), DECODE_KV_POINTS),
@@ -68,7 +72,9 @@ def profile_grids(role: RolePlan, isl: int) -> tuple[np.ndarray, np.ndarray, np.
     )
 
 
-def timing_profile(model: Any, system: Any, role: RolePlan, isl: int) -> dict[str, np.ndarray]:
+def timing_profile(
+    model: Any, system: Any, role: RolePlan, isl: int, seq_len: int | None = None
+) -> dict[str, np.ndarray]:
     """The five arrays of a mocker-format profile, evaluated from the performance model.
 
     decode_itl[i, j] is the decode step at batch = active_kv[i] / context[j] requests of context[j]
@@ -80,7 +86,7 @@ def timing_profile(model: Any, system: Any, role: RolePlan, isl: int) -> dict[st
 
     # The steps of the deployed engine as the prediction has them (raw curve × per-step overhead).
     prefill_scale, decode_scale = step_scales(role)
-    tokens, active_kv, context = profile_grids(role, isl)
+    tokens, active_kv, context = profile_grids(role, isl, seq_len)
     prefill = prefill_scale * np.asarray(prefill_time_ms(model, system, role, tokens), dtype=np.float64)
     batch = np.maximum(active_kv[:, None] / context[None, :], 1.0)
     ctx = np.broadcast_to(context[None, :], batch.shape)
@@ -111,6 +117,8 @@ def mocker_config(
     profile_relpath: str,
     kv_transfer_gbs: float | None = None,
     kv_bytes_per_token: int | None = None,
+    seq_len: int | None = None,
+    prefix_caching: bool = False,
 ) -> dict[str, Any]:
     """The mocker's canonical engine JSON for one worker, translated from its TRT-LLM settings.
 
@@ -119,7 +127,10 @@ def mocker_config(
     prefill side.
     """
     check_budget(role, isl)
-    blocks_per_request = math.ceil(role.max_seq_len / role.tokens_per_block) + 1
+    # Blocks for the workload's requests (seq_len, default max_seq_len): real memory is sized for those too.
+    blocks_per_request = (
+        math.ceil(min(seq_len or role.max_seq_len, role.max_seq_len) / role.tokens_per_block) + 1
+    )
     engine: dict[str, Any] = {
         "backend": "trtllm",
         "worker_type": WORKER_TYPES[role.role],
@@ -131,7 +142,8 @@ def mocker_config(
         "max_num_seqs": role.max_batch_size,
         # The engine YAML's values: the mocker stands in for exactly that engine.
         "max_num_batched_tokens": role.max_num_tokens,
-        "enable_prefix_caching": False,
+        # As the engine YAML's enable_block_reuse (on behind a KV-aware router).
+        "enable_prefix_caching": prefix_caching,
         "enable_chunked_prefill": role.enable_chunked_prefill,
         "timing_model": {
             "type": "external",

@@ -68,8 +68,9 @@ def test_defaults_are_filled_and_resolved_file_round_trips(tmp_path: Path) -> No
     assert config.model.path == "~/autodeploy/models/Qwen--Qwen3-8B"
     assert config.search.total_gpus == 8
     assert config.cluster.nodes[0].name == "node0"
-    assert config.backend.version == "1.3.0rc23"  # from the version table for the default Dynamo 1.3.0
-    assert config.dynamo.image == "nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:1.3.0"
+    assert config.dynamo.version == "1.6.1"  # the newest supported release
+    assert config.backend.version == "1.3.0rc29"  # from the version table: what ai-dynamo 1.6.1 pins
+    assert config.dynamo.image == "nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:1.6.1"
     again = validate_pipeline(yaml.safe_load(resolved_yaml(config)))
     assert again == config
 

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from automation.config.names import SCRIPT_ENV, SHELL_NAME, shown
-from automation.config.schema import ROLES, PipelineConfig, dynamo_versions
+from automation.config.schema import ROLES, PipelineConfig
 from automation.config.teaching import Location, Problem, did_you_mean, is_secret_name, short
 from automation.errors import InputError
 
@@ -66,32 +66,15 @@ def _cluster_problems(config: PipelineConfig) -> list[Problem]:
 
 def _version_problems(config: PipelineConfig) -> list[Problem]:
     """dynamo.version and backend.version must each have a known family, and engine.extra suit the latter."""
-    # Imported here: engine_config imports this package for VERSIONS_FILE.
-    from automation import engine_config
+    # Imported here: both import this package for VERSIONS_FILE.
+    from automation import engine_config, versions
 
-    if config.backend.version is None:
-        known = ", ".join(dynamo_versions())
-        return [
-            (
-                ("dynamo", "version"),
-                f"{config.dynamo.version} is not in the version table ({known}); "
-                "set backend.version to the TensorRT-LLM version its image ships",
-            )
-        ]
     problems: list[Problem] = []
-    dynamo = config.dynamo.version
-    if not _VERSION.fullmatch(dynamo):
-        problems.append(
-            (
-                ("dynamo", "version"),
-                f"{shown(dynamo)} is not a version like 1.3.0 (name a Dynamo release, e.g. 1.3.0)",
-            )
-        )
-    else:
-        try:
-            engine_config.dynamo_family(dynamo)
-        except InputError as exc:
-            problems.append(_located(exc, ("dynamo", "version")))
+    refused = versions.refusal(config.dynamo.version)
+    if refused is not None:
+        problems.append((("dynamo", "version"), refused))
+    if config.backend.version is None:
+        return problems
     backend = config.backend.version
     if not _VERSION.fullmatch(backend):
         problems.append((("backend", "version"), f"{shown(backend)} is not a version like 1.0.0rc6"))

@@ -98,6 +98,11 @@ class ModelSection(Strict):
 class Workload(Strict):
     isl: PositiveInt = Field(description="Input (prompt) tokens per request.")
     osl: PositiveInt = Field(description="Output tokens per request.")
+    max_seq_len: PositiveInt | None = Field(
+        None,
+        description="Longest request (prompt + output tokens) the deployment admits; the benchmark still "
+        "sends isl + osl. Default: the model's context length, bounded by what one worker's KV cache holds.",
+    )
 
 
 class SLA(Strict):
@@ -178,7 +183,10 @@ class Engine(EngineSettings):
 
 
 class Dynamo(Strict):
-    version: str = Field("1.3.0", description="Dynamo release; worker flags and the image tag follow it.")
+    version: str = Field(
+        default_factory=lambda: newest_dynamo_release(),
+        description="Dynamo release; worker flags and the image tag follow it (default: the newest supported).",
+    )
     image: str | None = Field(
         None, description="Container image (default: nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:<version>)."
     )
@@ -301,6 +309,11 @@ class Launch(Strict):
     container_gpus: Literal["all", "none"] = Field(
         "all", description="runtime container: `--gpus all`, or no GPUs (a CPU rehearsal in containers)."
     )
+    rdma: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="InfiniBand/RoCE for NIXL/UCX KV transfer: auto uses it on nodes with /dev/infiniband "
+        "(containers then get the devices, IPC_LOCK and an unlimited memlock), on requires it, off never.",
+    )
     container_mounts: dict[str, str] = Field(
         default_factory=dict,
         description="runtime container: extra bind mounts, node path -> container path (append ':ro' to the "
@@ -398,8 +411,13 @@ class PipelineConfig(Strict):
         return sum(node.gpus for node in self.cluster.nodes)
 
 
+def newest_dynamo_release() -> str:
+    """The newest supported Dynamo release: dynamo.version's default."""
+    return list(dynamo_versions())[-1]
+
+
 @functools.cache
 def dynamo_versions() -> dict[str, str]:
-    """Dynamo release → the TensorRT-LLM release its runtime image ships (data/versions.yaml)."""
+    """Supported Dynamo release → the TensorRT-LLM release it ships (data/versions.yaml), oldest first."""
     data = yaml.safe_load(VERSIONS_FILE.read_text())
-    return {str(k): str(v) for k, v in data["dynamo_to_trtllm"].items()}
+    return {str(k): str(v) for k, v in data["dynamo_releases"].items()}

@@ -46,6 +46,7 @@ class ModelArch:
     mla_kv_dim: int = 0  # kv_lora_rank + qk_rope_head_dim for MLA, else 0
     attn_weight_params: int = 0  # per-layer attention weights (q, k, v, o projections)
     tie_embeddings: bool = False
+    context_length: int = 0  # max_position_embeddings of config.json (0: not stated)
 
     @property
     def is_moe(self) -> bool:
@@ -210,6 +211,7 @@ def arch_from_config(name: str, cfg: dict[str, Any], hf_quant: dict[str, Any] | 
         mla_kv_dim=mla,
         attn_weight_params=attn,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        context_length=int(cfg.get("max_position_embeddings") or 0),
     )
 
 

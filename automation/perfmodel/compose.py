@@ -116,15 +116,36 @@ def agg_metrics(
     }
 
 
-def kv_transfer_ms(arch: ModelArch, sysc: SystemSpec, isl: Arr, links: Arr, cross_node: Arr) -> Arr:
-    """KV-cache transfer from a prefill to a decode worker (the reference tool ignores it).
+def cross_node_fraction(deployed_gpus: Arr, gpus_per_node: int) -> Arr:
+    """Share of prefill→decode KV transfers that cross nodes: 1 − 1/n over the n nodes the deployment spans.
 
-    t = kv_transfer_us + isl·kv_bytes_per_token / (links·B),  B = NVLink per GPU inside a node,
-    the inter-node link per GPU otherwise; `links` = min(prefill GPUs, decode GPUs) move shards in parallel.
+    Dynamo's frontend picks the prefill worker of a request (round-robin, random or by KV overlap) without
+    regard to the node of the decode worker that serves it, so placement cannot keep a replica's transfer
+    on its node. With prefill workers spread evenly over n = ceil(deployed_gpus / gpus_per_node) nodes,
+    the chosen one shares the decode worker's node with probability 1/n (docs/decisions.md, issue 11).
     """
-    bw = np.where(np.asarray(cross_node, dtype=bool), sysc.internode_gbs, sysc.nvlink_gbs) * 1e9
+    nodes = np.ceil(np.asarray(deployed_gpus, dtype=float) / max(gpus_per_node, 1))
+    return 1.0 - 1.0 / np.maximum(nodes, 1.0)
+
+
+def kv_transfer_ms(arch: ModelArch, sysc: SystemSpec, isl: Arr, links: Arr, cross_fraction: Arr) -> Arr:
+    """KV-cache transfer from a prefill to a decode worker, expected over where the pair sits (the
+    reference tool ignores it).
+
+    t = kv_transfer_us + isl·kv_bytes_per_token/links · (f/B_inter + (1 − f)/B_nvlink), f the share of
+    transfers that cross nodes (cross_node_fraction); B per GPU; `links` = min(prefill GPUs, decode GPUs)
+    move shards in parallel.
+    """
+    f = np.clip(np.asarray(cross_fraction, dtype=float), 0.0, 1.0)
+    seconds_per_byte = f / (sysc.internode_gbs * 1e9) + (1.0 - f) / (sysc.nvlink_gbs * 1e9)
     nbytes = np.asarray(isl, dtype=float) * arch.kv_bytes_per_token_total()
-    return (sysc.kv_transfer_us * 1e-6 + nbytes / (np.asarray(links, dtype=float) * bw)) * 1e3
+    return (sysc.kv_transfer_us * 1e-6 + nbytes * seconds_per_byte / np.asarray(links, dtype=float)) * 1e3
+
+
+def effective_kv_link_gbs(sysc: SystemSpec, cross_fraction: float) -> float:
+    """The one per-GPU bandwidth that moves a KV cache in the expected time of kv_transfer_ms (harmonic mix)."""
+    f = min(max(cross_fraction, 0.0), 1.0)
+    return 1.0 / (f / sysc.internode_gbs + (1.0 - f) / sysc.nvlink_gbs)
 
 
 def disagg_rates(

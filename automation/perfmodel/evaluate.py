@@ -45,18 +45,27 @@ def agg_ctx_tokens(role: RolePlan, isl: int) -> int:
 
 
 def role_memory(
-    arch: ModelArch, sysc: SystemSpec, role: RolePlan, batch: float | None = None
+    arch: ModelArch, sysc: SystemSpec, role: RolePlan, seq_len: int, batch: float | None = None
 ) -> dict[str, Any]:
-    """Memory per GPU of a role at `batch` (default its max_batch_size), with its own engine settings."""
+    """Memory per GPU of a role at `batch` (default its max_batch_size) requests of seq_len tokens (the
+    workload's isl + osl: the deployed max_seq_len only bounds what is admitted), with its own settings."""
     return compose.memory_parts(
         arch,
         sysc,
         role.parallelism,
         role.max_num_tokens,
         role.max_batch_size if batch is None else batch,
-        role.max_seq_len,
+        seq_len,
         role.free_gpu_memory_fraction,
     )
+
+
+def kv_capacity_tokens(arch: ModelArch, sysc: SystemSpec, role: RolePlan) -> int:
+    """Tokens the KV cache of one worker of a role holds: kv_budget / KV bytes per token per GPU, in whole
+    blocks of tokens_per_block (the longest single request the worker can ever hold)."""
+    parts = role_memory(arch, sysc, role, 1, batch=1)
+    tokens = int(float(parts["kv_budget"]) // max(float(parts["kv_per_request"]), 1e-9))
+    return tokens - tokens % role.tokens_per_block
 
 
 def _check_plan(plan: Plan) -> None:
@@ -94,7 +103,7 @@ def _agg(
     r = plan.role("agg")
     ctx = agg_ctx_tokens(r, plan.isl)
     m = compose.agg_metrics(arch, sysc, r.parallelism, batch, ctx, plan.isl, plan.osl)
-    return m, role_memory(arch, sysc, r, batch)
+    return m, role_memory(arch, sysc, r, plan.isl + plan.osl, batch)
 
 
 def _disagg_core(plan: Plan, d_batch: float, arch: ModelArch, sysc: SystemSpec) -> dict[str, float]:
@@ -110,7 +119,7 @@ def _disagg_core(plan: Plan, d_batch: float, arch: ModelArch, sysc: SystemSpec) 
         d.parallelism.attention_dp,
         plan.osl,
     )
-    cross = plan.gpus_per_replica > sysc.gpus_per_node
+    cross = compose.cross_node_fraction(plan.total_gpus, sysc.gpus_per_node)
     xfer = float(
         compose.kv_transfer_ms(arch, sysc, plan.isl, min(p.gpus_per_worker, d.gpus_per_worker), cross)
     )
@@ -131,7 +140,7 @@ def _memory_and_fit(
 ) -> tuple[float, bool]:
     mem, fits = 0.0, True
     for r in plan.roles:
-        m = role_memory(arch, sysc, r, batches.get(r.role))
+        m = role_memory(arch, sysc, r, plan.isl + plan.osl, batches.get(r.role))
         mem = max(mem, float(m["total"]) / GIB)
         fits = fits and bool(m["fits"])
     return mem, fits
@@ -348,7 +357,7 @@ def estimate_cli(args: Any) -> dict[str, Any]:
             role = make_role(arch, "agg", tp, b, isl, osl, pp, ep, dp, 1, mnt)
             return _pred_dict(estimate(Plan("agg", arch.name, sysc.name, (role,), 1, isl, osl)))
         role = make_role(arch, mode, tp, b, isl, osl, pp, ep, dp)
-        mem = role_memory(arch, sysc, role)
+        mem = role_memory(arch, sysc, role, isl + osl)
         gpus = role.gpus_per_worker
         if mode == "prefill":
             t = float(compose.prefill_ms(arch, sysc, role.parallelism, b, isl))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, TypeVar, cast, get_args
 
 from automation.errors import InputError
@@ -151,7 +151,8 @@ def role_plan(
 ) -> RolePlan:
     """A RolePlan with every engine setting decided: the pipeline's overrides, else the planner's defaults
     (max_num_tokens: see max_num_tokens; free_gpu_memory_fraction 0.9, tokens_per_block 32, chunked
-    prefill off, max_seq_len = isl + osl, kv_cache_dtype from the checkpoint)."""
+    prefill off, max_seq_len = isl + osl, kv_cache_dtype from the checkpoint). The sweep plans at the
+    workload's shape; `admit_requests` then widens max_seq_len to what the deployment admits."""
     return RolePlan(
         role=role,
         parallelism=parallelism,
@@ -164,6 +165,32 @@ def role_plan(
         kv_cache_dtype=_or(overrides.kv_cache_dtype, kv_cache_dtype),
         tokens_per_block=_or(overrides.tokens_per_block, DEFAULT_TOKENS_PER_BLOCK),
     )
+
+
+def admit_requests(plan: Plan, max_seq_len: int, chunked: dict[Role, bool | None]) -> Plan:
+    """The plan as deployed: every role admits requests of up to max_seq_len tokens (prompt + output).
+
+    A prompt longer than a role's max_num_tokens can only be scheduled in chunks, so chunked prefill is on
+    wherever max_seq_len > max_num_tokens, unless the pipeline file fixes it (`chunked[role]` not None).
+    The workload's own requests (isl + osl) still fit in one iteration where they did, so the prediction
+    of the benchmark's shape does not change; memory is planned for the workload's requests, not for
+    max_seq_len (TRT-LLM sizes its KV pool by free_gpu_memory_fraction, not by max_seq_len).
+    """
+    if max_seq_len < plan.isl + plan.osl:
+        raise InputError(
+            f"workload.max_seq_len {max_seq_len} is below the workload's own requests "
+            f"({plan.isl} + {plan.osl} tokens)",
+            hint=f"set workload.max_seq_len to at least {plan.isl + plan.osl}, or remove it",
+        )
+    roles = tuple(
+        replace(
+            r,
+            max_seq_len=max_seq_len,
+            enable_chunked_prefill=_or(chunked.get(r.role), max_seq_len > r.max_num_tokens),
+        )
+        for r in plan.roles
+    )
+    return replace(plan, roles=roles)
 
 
 def _choice(value: Any, choices: tuple[T, ...], what: str) -> T:

@@ -280,7 +280,7 @@ def _sweep_disagg(
         seq = compose.xpyd_seq_s(pr, xx, dr, yy)
         reps = np.floor(total / gpus)
         cl = seq * osl * reps / total
-        cross = gpus > per_node
+        cross = compose.cross_node_fraction(np.maximum(reps, 1) * gpus, per_node)
         links = np.minimum(p_gpus, d_gpus)[None, :, None, None]
         ttft = ttft_core[None, :, None, None] + compose.kv_transfer_ms(arch, sysc, isl, links, cross)
         good = (gpus <= total) & p_ok[None, :, None, None] & (ttft <= ttft_lim)

@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from automation.config import PipelineConfig
 from automation.contracts import ConfigureOutputs
-from automation.errors import StageError
+from automation.errors import InputError, StageError
 from automation.stage import Stage, StageContext
 
 if TYPE_CHECKING:
-    from automation.perfmodel.plan import EngineOverrides, Role
+    from automation.perfmodel.plan import EngineOverrides, Plan, Role
+
+ROLE_NAMES: tuple[Role, ...] = ("agg", "prefill", "decode")
 
 
 def model_reference(config: PipelineConfig) -> str:
@@ -27,6 +29,41 @@ def engine_overrides(config: PipelineConfig) -> dict[Role, EngineOverrides]:
     return {role: EngineOverrides.from_settings(config.engine.for_role(role)) for role in ROLES}
 
 
+def deployed_plan(config: PipelineConfig, plan: Plan) -> Plan:
+    """The picked plan widened to admit real traffic: max_seq_len = workload.max_seq_len, by default the
+    model's context length bounded by the smallest KV cache of one worker (a request longer than that
+    could never be held), with chunked prefill where a prompt may exceed max_num_tokens.
+
+    Raises:
+        InputError: workload.max_seq_len is below isl + osl, above the model's context length, or above
+            what one worker's KV cache holds.
+    """
+    from automation.perfmodel import load_model, load_system
+    from automation.perfmodel.evaluate import kv_capacity_tokens
+    from automation.perfmodel.plan import admit_requests
+
+    arch, system = load_model(plan.model), load_system(plan.system)
+    capacity = min(kv_capacity_tokens(arch, system, role) for role in plan.roles)
+    wanted = config.workload.max_seq_len
+    if wanted is None:
+        longest = min(arch.context_length or capacity, capacity)
+        wanted = max(longest, plan.isl + plan.osl)
+    elif arch.context_length and wanted > arch.context_length:
+        raise InputError(
+            f"workload.max_seq_len {wanted} is above {config.model.hf_id}'s context length "
+            f"({arch.context_length} tokens)",
+            hint=f"lower workload.max_seq_len to at most {arch.context_length}, or remove it",
+        )
+    elif wanted > capacity:
+        raise InputError(
+            f"workload.max_seq_len {wanted}: one worker of the picked plan ({plan.layout()}) holds only "
+            f"{capacity} tokens of KV cache",
+            hint=f"lower workload.max_seq_len to at most {capacity}, or remove it",
+        )
+    chunked = {role: config.engine.for_role(role).get("enable_chunked_prefill") for role in ROLE_NAMES}
+    return admit_requests(plan, wanted, chunked)
+
+
 class Configure(Stage):
     """Sweep parallelism, batch and serving mode with the embedded model; pick the best under the SLA.
 
@@ -39,7 +76,7 @@ class Configure(Stage):
     summary = "sweep the performance model, pick the best config under the SLA"
     needs = ()
     Outputs = ConfigureOutputs
-    revision = 3  # 3: the sweep honours the engine settings; decode max_num_tokens holds a prompt
+    revision = 4  # 4: max_seq_len admits real requests (workload.max_seq_len), chunked prefill to match
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
         return {
@@ -99,6 +136,7 @@ class Configure(Stage):
                 f"the picked {plan.mode} plan ({plan.layout()}) does not meet the SLA by its own estimate",
                 hint="this is a bug in the performance model's sweep; report it with configure/search.json",
             )
+        plan = deployed_plan(config, plan)
         ctx.log.info("picked %s: %s", result.winner, json.dumps(plan.to_dict()))
         return ConfigureOutputs(
             mode=plan.mode,

@@ -21,10 +21,8 @@ from automation.engine_config import (
     TrtllmFamily,
     check_extra,
     deep_merge,
-    dynamo_family,
     engine_config,
     trtllm_family,
-    versions_data,
 )
 from automation.errors import InputError
 from automation.perfmodel.plan import Plan, RolePlan
@@ -42,6 +40,7 @@ from automation.placement import (
 )
 from automation.stage import Check, Stage, StageContext
 from automation.state import StageRecord
+from automation.versions import dynamo_release, versions_data
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 # Dynamo reports a worker healthy once these endpoints serve (DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS).
@@ -178,9 +177,11 @@ class Generator:
             raise InputError("backend.version is not set", hint="set backend.version, e.g. 1.3.0rc23")
         self.trtllm_version = version
         self.tfam = trtllm_family(version)
-        self.dfam = dynamo_family(config.dynamo.version)
+        self.dfam = dynamo_release(config.dynamo.version)
         self.env = _environment()
         self.isl = max(plan.isl, config.workload.isl)
+        self.seq_len = self.isl + max(plan.osl, config.workload.osl)  # the benchmark's requests
+        self.kv_routing = config.dynamo.router_mode == "kv"
         self.head = config.cluster.nodes[0]
         self.files: dict[str, bytes] = {}
         self.kv_bytes_per_token = 0  # set with the mocker files (the real model's, for KV-transfer timing)
@@ -293,7 +294,9 @@ class Generator:
         out: dict[str, dict[str, Any]] = {}
         for role in self.plan.roles:
             extra = _extra_for(self.config, role.role, self.tfam)
-            out[role.role] = engine_config(self.plan, role, self.tfam, extra, f"engine.{role.role}.extra")
+            out[role.role] = engine_config(
+                self.plan, role, self.tfam, extra, f"engine.{role.role}.extra", self.kv_routing
+            )
         return out
 
     def _engine_yaml(self, role: str, cfg: dict[str, Any]) -> str:
@@ -317,33 +320,44 @@ class Generator:
         kv_bytes = round(model.kv_bytes_per_token_total())
         for role in self.plan.roles:
             profile = f"mocker/{role.role}_profile.npz"
-            self.files[profile] = npz_bytes(timing_profile(model, system, role, self.isl))
+            self.files[profile] = npz_bytes(timing_profile(model, system, role, self.isl, self.seq_len))
         for w in self.placement.workers:
             role = self.plan.role(w.role)
-            bandwidth = self._kv_link_gbs(w, system) if w.role == "prefill" else None
-            doc = mocker_config(role, self.isl, f"mocker/{role.role}_profile.npz", bandwidth, kv_bytes)
+            bandwidth = self._kv_link_gbs(system) if w.role == "prefill" else None
+            doc = mocker_config(
+                role,
+                self.isl,
+                f"mocker/{role.role}_profile.npz",
+                bandwidth,
+                kv_bytes,
+                self.seq_len,
+                prefix_caching=self.kv_routing,
+            )
             self._text(str(w.mocker_config), json.dumps(doc, indent=2) + "\n")
         self.kv_bytes_per_token = kv_bytes
 
-    def _kv_link_gbs(self, prefill: Worker, system: Any) -> float:
-        """Bandwidth the KV cache of this prefill worker moves over: NVLink if its replica's decode
-        workers share its node, the inter-node link otherwise; shards move in parallel over the
-        narrower side's GPUs (as the performance model charges it)."""
-        decodes = [w for w in self.placement.workers if w.role == "decode" and w.replica == prefill.replica]
-        cross = any(d.node != prefill.node for d in decodes)
-        link = system.internode_gbs if cross else system.nvlink_gbs
+    def _kv_link_gbs(self, system: Any) -> float:
+        """Bandwidth a prefill worker's KV cache moves over, as the performance model charges it: Dynamo's
+        router pairs any prefill worker with any decode worker, so the link is the expected mix of NVLink
+        and the inter-node link over the nodes the plan spans; shards move in parallel over the narrower
+        side's GPUs."""
+        from automation.perfmodel import compose
+
+        cross = float(compose.cross_node_fraction(self.plan.total_gpus, system.gpus_per_node))
         links = min(self.plan.role("prefill").gpus_per_worker, self.plan.role("decode").gpus_per_worker)
-        return float(link) * links
+        return compose.effective_kv_link_gbs(system, cross) * links
 
     # ---------------------------------------------------------------------------------------- scripts
 
     def _worker_env(self, w: Worker) -> list[str]:
-        env = [
-            f"CUDA_VISIBLE_DEVICES={','.join(map(str, w.gpus))}",
-            f"DYN_SYSTEM_PORT={w.system_port}",
-            f"DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS={HEALTH_STATUS}",
-        ]
-        if self.dfam.system_enabled_env and not self.mocker:
+        """Per-worker environment: its GPUs, its system (health) port, and only the variables the release
+        still reads (versions.yaml's system_enabled_env and health_status_env)."""
+        env = [f"CUDA_VISIBLE_DEVICES={','.join(map(str, w.gpus))}", f"DYN_SYSTEM_PORT={w.system_port}"]
+        if self.mocker:
+            return env
+        if self.dfam.health_status_env:
+            env.append(f"DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS={HEALTH_STATUS}")
+        if self.dfam.system_enabled_env:
             env.append("DYN_SYSTEM_ENABLED=true")
         return env
 
@@ -360,18 +374,28 @@ class Generator:
             # Overrides the value the mocker would derive from the (stand-in) checkpoint's config.json.
             words += ["--kv-bytes-per-token", str(self.kv_bytes_per_token)]
             return words
-        f = self.dfam
-        words = [PYTHON, "-m", "dynamo.trtllm", f.model_flag, MODEL_PATH]
+        words = [PYTHON, "-m", "dynamo.trtllm", self.dfam.model_flag, MODEL_PATH]
         words += ["--served-model-name", SERVED_MODEL_NAME]
         words += ["--extra-engine-args", Expansion(f'"$SCRIPT_DIR/{w.config}"')]
         words += ["--endpoint", w.endpoint]
-        if w.role != "agg":
-            words += ["--disaggregation-mode", w.role, *f.strategy_flag]
-            if w.role == "decode" and f.next_endpoint_flag:
+        return words + self._role_args(self.plan.role(w.role))
+
+    def _role_args(self, role: RolePlan) -> list[str]:
+        """The worker flags a role's engine settings and the router decide, for this Dynamo release: the
+        disaggregation mode, the KV block size (the engine YAML's tokens_per_block), KV events for a KV
+        router, and attention DP where the release has a flag for it."""
+        f = self.dfam
+        words: list[str] = []
+        if role.role != "agg":
+            words += ["--disaggregation-mode", role.role, *f.strategy_flag]
+            if role.role == "decode" and f.next_endpoint_flag:
                 ns = self.config.dynamo.namespace
                 words += [f.next_endpoint_flag, f"dyn://{ns}.{f.components['prefill']}.generate"]
-        if self.config.dynamo.router_mode == "kv":
+        words += [f.kv_block_size_flag, str(role.tokens_per_block)]
+        if self.kv_routing:
             words.append(f.kv_events_flag)
+        if role.parallelism.attention_dp > 1 and f.attention_dp_flag:
+            words.append(f.attention_dp_flag)
         return words
 
     def _frontend_words(self) -> list[str]:
@@ -379,7 +403,26 @@ class Generator:
 
     def _frontend_args(self) -> list[str]:
         d = self.config.dynamo
-        return ["--http-port", str(d.frontend_port), "--router-mode", d.router_mode]
+        args = ["--http-port", str(d.frontend_port), "--router-mode", d.router_mode]
+        if self.kv_routing:
+            args += [self.dfam.router_block_size_flag, str(self._router_block_size())]
+        return args
+
+    def _router_block_size(self) -> int:
+        """The one KV block size a KV router can hash prompts with: every role's tokens_per_block.
+
+        Raises:
+            InputError: the roles' block sizes differ.
+        """
+        sizes = {r.role: r.tokens_per_block for r in self.plan.roles}
+        if len(set(sizes.values())) > 1:
+            shown = ", ".join(f"{role} {size}" for role, size in sizes.items())
+            raise InputError(
+                f"engine.tokens_per_block differs between roles ({shown}); the KV router hashes prompts "
+                "in one block size",
+                hint="set one engine.tokens_per_block for every role, or use dynamo.router_mode round-robin",
+            )
+        return next(iter(sizes.values()))
 
     def _node_script(self, node: PlacedNode) -> str:
         workers = []
@@ -461,11 +504,12 @@ class Generator:
         args += ["--extra-engine-args", f"{mount}/{config_file(role.role)}"]
         # No --endpoint: the operator names the namespace (DYN_NAMESPACE) and the defaults give the
         # components the node scripts name explicitly.
-        if role.role != "agg":
-            args += ["--disaggregation-mode", role.role, *f.strategy_flag]
-        if self.config.dynamo.router_mode == "kv":
-            args.append(f.kv_events_flag)
-        envs = [{"name": "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS", "value": HEALTH_STATUS}]
+        args += self._role_args(role)
+        envs = (
+            [{"name": "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS", "value": HEALTH_STATUS}]
+            if f.health_status_env
+            else []
+        )
         service: dict[str, Any] = {
             "componentType": "worker",
             "dynamoNamespace": ns,

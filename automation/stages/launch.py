@@ -16,6 +16,14 @@ from typing import Any
 from automation.config import PipelineConfig
 from automation.contracts import BuildOutputs, GenerateOutputs, LaunchOutputs, recorded
 from automation.errors import StageError
+from automation.node_runtime import (
+    CONTAINER_MODEL_DIR,
+    CONTAINER_RUN_DIR,
+    NodeRuntime,
+    container_options,
+    probe,
+    unreadable_in_container,
+)
 from automation.placement import Placement
 from automation.redact import hub_token
 from automation.remote import Detached, Host, host_for
@@ -124,6 +132,7 @@ class Launch(Stage):
         hosts = {i: host_for(config, config.cluster.nodes[i]) for i in busy}
         started: dict[int, Detached] = {}
         processes: dict[int, Detached] = {}
+        facts: dict[int, NodeRuntime] = {}
         try:
             self._check_frontend_port(ctx, hosts, placement)
             for index in busy:
@@ -139,8 +148,11 @@ class Launch(Stage):
                 host.run(f"echo {files_digest} > {shlex.quote(directory)}/.launched-files")
                 script = placement.nodes[index].script
                 assert script is not None  # busy nodes are those with a script
+                image = ctx.output(BuildOutputs).image
+                model_path = host.path(config.model.path or "")
+                facts[index] = prepare_node(ctx, host, directory, model_path, image)
                 command = node_command(
-                    config, host, directory, script, index, ctx.output(BuildOutputs).image, ctx.run_id
+                    config, directory, model_path, script, index, image, ctx.run_id, facts[index]
                 )
                 processes[index] = started[index] = host.start_detached(
                     f"node_{index}", command, directory, secret_env=_secret_env(config)
@@ -177,6 +189,7 @@ class Launch(Stage):
             processes={str(i): p.to_dict() for i, p in processes.items()},
             expected_instances=placement.expected_instances,
             reused_nodes=sorted(set(processes) - set(started)),
+            node_runtime={str(i): f.model_dump() for i, f in facts.items()},
         )
 
     def verify(self, ctx: StageContext, record: StageRecord) -> Check:
@@ -416,46 +429,60 @@ def container_name(run_id: str, index: int) -> str:
 
 def node_command(
     config: PipelineConfig,
-    host: Host,
     directory: str,
+    model_path: str,
     script: str,
     index: int,
     image: str | None,
     run_id: str,
+    facts: NodeRuntime,
 ) -> str:
     """The command that runs a node script: directly, or in the Dynamo image (launch.runtime).
 
     In a container the `docker run` client stays in the foreground, so stopping it (TERM) is proxied
     to the script, whose trap stops the workers; --init forwards signals inside, and --rm removes it.
+    The image's own user runs it, with the node's files and checkpoint mounted at fixed container paths.
     """
-    run = ["bash", f"{directory}/{script}"]
     if config.launch.runtime == "host":
-        return "exec " + shlex.join(run)
+        return "exec " + shlex.join(["bash", f"{directory}/{script}"])
     if not image:
         raise StageError(
             "launch.runtime is container but the build stage recorded no image", hint="rerun --from build"
         )
-    model_path = host.path(config.model.path or "")
-    mounts = {directory: directory, model_path: model_path, **config.launch.container_mounts}
-    words = [
-        "docker",
-        "run",
-        "--rm",
-        "--init",
-        "--name",
-        container_name(run_id, index),
-        "--net=host",
-        "--ipc=host",
-    ]
-    if config.launch.container_gpus == "all":
-        words += ["--gpus", "all"]
-    for source, target in mounts.items():
-        words += ["-v", f"{source}:{target}"]
+    words = ["docker", "run", "--rm", "--init", "--name", container_name(run_id, index)]
+    words += ["--net=host", "--ipc=host", *container_options(config, facts, directory, model_path)]
     if _secret_env(config):
         words += ["-e", "HF_TOKEN"]  # by name: the value comes from the client's environment, not argv
     # A container left by a crashed earlier launch would block the name.
     cleanup = f"docker rm -f {shlex.quote(container_name(run_id, index))} >/dev/null 2>&1; "
-    return cleanup + "exec " + shlex.join([*words, image, *run])
+    return cleanup + "exec " + shlex.join([*words, image, "bash", f"{CONTAINER_RUN_DIR}/{script}"])
+
+
+def prepare_node(
+    ctx: StageContext, host: Host, directory: str, model_path: str, image: str | None
+) -> NodeRuntime:
+    """What the node has (RDMA, the image's user), and files the container's user can read.
+
+    Raises:
+        StageError: a file of the run or of the checkpoint is unreadable by the image's user (naming it and
+            the chmod that fixes it); launch.rdma is on without a device.
+    """
+    config = ctx.config
+    facts = probe(config, host, image)
+    ctx.log.info("node %s: workers run as %s, RDMA %s", host.name, facts.user, "yes" if facts.rdma else "no")
+    if config.launch.runtime != "container" or not image:
+        return facts
+    # Generated files are written with the SSH user's umask; the image's user must read them all.
+    host.run(f"chmod -R a+rX {shlex.quote(directory)}")
+    blocked = unreadable_in_container(host, image, directory, model_path, config.launch.container_mounts)
+    if blocked is not None:
+        on_node = blocked.replace(CONTAINER_MODEL_DIR, model_path, 1).replace(CONTAINER_RUN_DIR, directory, 1)
+        raise StageError(
+            f"{host.name}: the container's user ({facts.user}) cannot read {on_node}",
+            hint=f"on {host.name}: chmod -R a+rX {shlex.quote(model_path)} (or run the image as another user)",
+            host=host.name,
+        )
+    return facts
 
 
 def remove_container(config: PipelineConfig, host: Host, index: int, run_id: str) -> bool:

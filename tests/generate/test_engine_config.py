@@ -7,12 +7,11 @@ import yaml
 
 from automation.engine_config import (
     cuda_graph_batch_sizes,
-    dynamo_family,
     engine_config,
     trtllm_family,
     unknown_keys,
-    version_key,
 )
+from automation.versions import dynamo_release, refusal, version_key
 from automation.errors import InputError
 from automation.stages.generate import render_files
 from tests.generate.cases import agg_plan, disagg_plan, golden_cases, pipeline, role
@@ -60,7 +59,7 @@ def test_every_rendered_yaml_parses_and_uses_known_keys() -> None:
             cfg = yaml.safe_load(files[f"{r.role}_config.yaml"])
             assert unknown_keys(cfg, family) == [], name
             kv = cfg["kv_cache_config"]
-            assert kv["enable_block_reuse"] is False
+            assert kv["enable_block_reuse"] is (config.dynamo.router_mode == "kv"), name
             assert kv["free_gpu_memory_fraction"] == r.free_gpu_memory_fraction
             assert kv["tokens_per_block"] == r.tokens_per_block
             assert cfg["enable_chunked_prefill"] == r.enable_chunked_prefill
@@ -152,18 +151,59 @@ def test_unknown_version_suggests_a_near_one() -> None:
     assert "did you mean 1.3.0rc1?" in _error(pipeline([8], backend="1.4.0rc1", checked=False), agg_plan())
 
 
-def test_dynamo_families() -> None:
-    assert dynamo_family("0.5.0").model_flag == "--model-path"
-    assert dynamo_family("0.5.1").components == {
+def test_dynamo_release_facts() -> None:
+    assert dynamo_release("0.5.0").model_flag == "--model-path"
+    assert dynamo_release("0.5.1").components == {
         "agg": "tensorrt_llm",
         "decode": "tensorrt_llm",
         "prefill": "tensorrt_llm_next",
     }
-    assert dynamo_family("0.7.1").strategy_flag == ()
-    assert dynamo_family("1.6.1").model_flag == "--model"
-    assert dynamo_family("1.3.0").components["prefill"] == "prefill"
-    with pytest.raises(InputError, match=r"dynamo\.version"):
-        dynamo_family("0.3.0")
+    assert dynamo_release("0.7.1").strategy_flag == ()
+    assert dynamo_release("1.6.1").model_flag == "--model"
+    assert dynamo_release("1.3.0").components["prefill"] == "prefill"
+    # --publish-kv-events only from 1.3 (0.7.1, 0.8.1 and 1.0.0 reject it); the older flag before.
+    assert dynamo_release("1.2.1").kv_events_flag == "--publish-events-and-metrics"
+    assert dynamo_release("0.8.1").kv_events_flag == "--publish-events-and-metrics"
+    assert dynamo_release("1.3.0.post1").kv_events_flag == "--publish-kv-events"
+    assert dynamo_release("0.9.1").attention_dp_flag is None
+    assert dynamo_release("1.0.0").attention_dp_flag == "--enable-attention-dp"
+    assert dynamo_release("0.8.1").bind_address_env == ("DYN_SYSTEM_HOST", "DYN_TCP_RPC_HOST")
+    assert dynamo_release("1.6.1").bind_address_env[-1] == "DYN_EVENT_PLANE_HOST"
+    assert dynamo_release("0.6.1").image_user == "root"
+    assert dynamo_release("0.7.0").image_user.startswith("dynamo")
+    with pytest.raises(InputError, match=r"dynamo\.version: Dynamo 0\.3\.0 predates 0\.4\.0"):
+        dynamo_release("0.3.0")
+
+
+@pytest.mark.parametrize(
+    ("version", "reason"),
+    [
+        ("0.3.2", "Dynamo 0.3.2 predates 0.4.0, the oldest release autodeploy supports; use 0.4.0 or later"),
+        ("1.7.0", "Dynamo 1.7.0 is newer than 1.6.1, the newest release autodeploy's command lines are checked"),
+        ("1.2.5", "Dynamo 1.2.5 is not a published release; use 1.2.1, the nearest supported release"),
+        ("1.4.0.dev20260723", "is a development build; use 1.3.1, the nearest supported release"),
+        ("latest", "'latest' is not a Dynamo release; use one like 1.6.1"),
+    ],
+)
+def test_every_refusal_is_one_line_naming_the_nearest_supported_release(version: str, reason: str) -> None:
+    said = refusal(version)
+    assert said is not None and reason in said and "\n" not in said
+
+
+def test_every_release_from_0_4_to_1_6_1_is_supported() -> None:
+    """The releases users run (PyPI's ai-dynamo 0.4.0 .. 1.6.1, and the image-only 1.2.0 and 1.3.0)."""
+    on_pypi = (
+        "0.4.0 0.4.0.post0 0.4.1 0.5.0 0.5.1 0.6.0 0.6.1 0.7.0 0.7.0.post1 0.7.1 0.8.0 0.8.1 0.8.1.post1 "
+        "0.8.1.post2 0.8.1.post3 0.9.0 0.9.1 1.0.0 1.0.1 1.0.2 1.1.0 1.1.1 1.2.0.post1 1.2.1 1.3.0.post1 "
+        "1.3.1 1.4.0 1.4.1 1.4.2 1.5.0 1.5.1 1.6.0 1.6.1"
+    ).split()
+    for version in [*on_pypi, "1.2.0", "1.3.0"]:
+        assert refusal(version) is None, version
+    from automation.config import dynamo_versions
+
+    table = list(dynamo_versions())
+    assert table == sorted(table, key=version_key) and table[-1] == "1.6.1"
+    assert pipeline([8], dynamo={}).dynamo.version == "1.6.1"  # the default is the newest
 
 
 def test_version_order() -> None:
@@ -178,7 +218,7 @@ def test_every_release_in_the_version_table_can_be_generated() -> None:
 
     for dynamo, trtllm in dynamo_versions().items():
         assert trtllm_family(trtllm).name
-        assert dynamo_family(dynamo).components
+        assert dynamo_release(dynamo).components
 
 
 def test_shared_and_role_extras_merge_key_by_key() -> None:

@@ -132,21 +132,30 @@ def test_profile_file_has_the_mocker_format() -> None:
         assert all(npz[k].dtype == np.float64 for k in npz.files)
 
 
-def test_prefill_workers_carry_the_kv_link_of_their_placement() -> None:
-    # Replica 0 on node 0 (NVLink); replica 2 split over both nodes (the inter-node link).
+def test_prefill_workers_carry_the_expected_kv_link_of_a_router_that_ignores_nodes() -> None:
+    """Dynamo's router pairs any prefill worker with any decode worker, so every prefill worker of a plan
+    that spans two nodes carries the expected link (half the transfers cross nodes), as the prediction."""
     config = pipeline([8, 8], engine="mocker", dynamo="1.6.1", backend="1.3.0rc23")
-    files = render_files(config, disagg_plan(p_tp=1, p_workers=3, d_tp=2, replicas=3))
+    plan = disagg_plan(p_tp=1, p_workers=3, d_tp=2, replicas=3)  # 15 GPUs: two nodes
+    files = render_files(config, plan)
     placement = json.loads(files["placement.json"])
+    assert {w["node"] for w in placement["workers"]} == {0, 1}
     system = pm.load_system("h200_sxm")
+    expected = 1.0 / (0.5 / system.internode_gbs + 0.5 / system.nvlink_gbs)
+    assert system.internode_gbs < expected < system.nvlink_gbs
+    prefills = 0
     for w in placement["workers"]:
         engine = json.loads(files[w["mocker_config"]])["engine"]
         if w["role"] != "prefill":
             assert "kv_transfer_bandwidth" not in engine
             continue
-        decodes = [d for d in placement["workers"] if d["role"] == "decode" and d["replica"] == w["replica"]]
-        cross = any(d["node"] != w["node"] for d in decodes)
-        link = system.internode_gbs if cross else system.nvlink_gbs
-        assert engine["kv_transfer_bandwidth"] == pytest.approx(link * 1)
+        prefills += 1
+        assert engine["kv_transfer_bandwidth"] == pytest.approx(expected)
+    assert prefills == 9
+    one_node = render_files(config, disagg_plan(p_tp=1, p_workers=1, d_tp=2, replicas=2))  # 6 GPUs
+    engines = [json.loads(v)["engine"] for k, v in one_node.items() if k.startswith("mocker/") and k.endswith(".json")]
+    links = [e["kv_transfer_bandwidth"] for e in engines if "kv_transfer_bandwidth" in e]
+    assert links and all(link == pytest.approx(system.nvlink_gbs) for link in links)
 
 
 def _engine_limits(text: str) -> tuple[int, int]:

@@ -380,32 +380,57 @@ def test_down_revokes_what_a_killed_worker_left_in_etcd(tmp_path: Path, tiny_mod
 def test_container_runtime_runs_each_node_script_in_the_image(
     tmp_path: Path, tiny_model: Path, dockerd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """runtime container: the node script runs inside `docker run --net=host --ipc=host` with the run
-    directory and the model mounted. The image here is an empty rootfs; the host's Python and Dynamo
-    venv are mounted read-only into it (the real image carries its own)."""
+    """runtime container: the node script runs inside `docker run --net=host --ipc=host` as the image's own
+    user (uid 1000, as Dynamo's images from 0.7), with the run directory and the model mounted. The image
+    here is a near-empty rootfs in which the run's and the model's parent folder is root's and 0700 (as
+    /root is in the real image): mounted at their node paths, as before, neither could be read. The host's
+    Python and Dynamo venv are mounted read-only into it (the real image carries its own)."""
     engine, _ = dockerd
     monkeypatch.setenv("DOCKER_HOST", engine.url)
-    (tmp_path / "rootfs" / "tmp").mkdir(parents=True)
-    tar = subprocess.run(
-        ["tar", "-C", str(tmp_path / "rootfs"), "-c", "."], capture_output=True, check=True
-    ).stdout
-    engine.docker("import", "-", "autodeploy-test/dynamo:local", input_bytes=tar)
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "tmp").mkdir(parents=True)
+    (rootfs / "tmp").chmod(0o1777)
+    private = rootfs / str(tmp_path.parents[1]).lstrip("/")  # e.g. /tmp/pytest-of-root, 0700 in the image
+    private.mkdir(parents=True)
+    private.chmod(0o700)
+    tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True).stdout
+    image = "autodeploy-test/dynamo:local"
+    engine.docker("import", "--change", "USER 1000", "--change", "ENV HOME=/tmp", "-", image, input_bytes=tar)
     python_home = str(Path(os.path.realpath(sys.executable)).parents[1])
     mounts = {d: f"{d}:ro" for d in ("/usr", "/lib", "/lib64", "/bin", "/etc", python_home)}
     mounts[str(DYNAMO_PYTHON.parents[1])] = f"{DYNAMO_PYTHON.parents[1]}:ro"
     path = _pipeline(tmp_path, tiny_model, name="containers")
     data = yaml.safe_load(path.read_text())
-    data["dynamo"].update(image="autodeploy-test/dynamo:local", image_source="present")
+    data["dynamo"].update(image=image, image_source="present")
     data["launch"].update(runtime="container", container_gpus="none", container_mounts=mounts)
     path.write_text(yaml.safe_dump(data))
+    config_json = tiny_model / "config.json"
+    config_json.chmod(0o600)  # a checkpoint file only its owner (root) may read
+    try:
+        runner, out = _runner(path)
+        assert runner.run(Selection(to_stage="launch")) == 1
+        assert f"the container's user (1000) cannot read {config_json}" in out.getvalue(), out.getvalue()
+        assert f"chmod -R a+rX {tiny_model}" in out.getvalue()
+    finally:
+        config_json.chmod(0o644)
     runner, out = _runner(path)
     try:
         assert runner.run(Selection(to_stage="launch")) == 0, out.getvalue()
         run_uid = load_state(runner.state_path).run_uid  # type: ignore[union-attr]
         assert run_uid.startswith("containers-")
         assert engine.docker("ps", "--format", "{{.Names}}").split() == [f"autodeploy-{run_uid}-node0"]
-        frontend = load_state(runner.state_path).stages["launch"].outputs["frontend"]  # type: ignore[union-attr]
-        assert _chat(frontend, "Qwen/Qwen3-8B")["usage"]["completion_tokens"] == 4
+        container = f"autodeploy-{run_uid}-node0"
+        assert engine.docker("exec", container, "id", "-u").strip() == "1000"
+        launched = load_state(runner.state_path).stages["launch"].outputs  # type: ignore[union-attr]
+        assert launched["node_runtime"]["0"]["user"] == "1000"
+        assert _chat(launched["frontend"], "Qwen/Qwen3-8B")["usage"]["completion_tokens"] == 4
+        shown = subprocess.run(
+            [sys.executable, "-m", "automation", "plan", str(path), "--run-dir", str(tmp_path / "run")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        assert "runs as 1000; RDMA: no (TCP)" in shown.stdout, shown.stdout
     finally:
         runner, out = _runner(path)
         runner.down()

@@ -15,13 +15,14 @@ export ETCD_ENDPOINTS="http://${HEAD_NODE_IP}:2379"
 export NATS_SERVER="nats://${HEAD_NODE_IP}:4222"
 export DYN_NAMESPACE=dynamo
 export MODEL_PATH=/models/qwen3-32b-fp8
+# In the Dynamo container the checkpoint is mounted at a path of its own, which launch passes here.
+if [[ -n "${AUTODEPLOY_MODEL_PATH:-}" ]]; then MODEL_PATH=$AUTODEPLOY_MODEL_PATH; fi
 export SERVED_MODEL_NAME=Qwen/Qwen3-32B-FP8
 # The hub token comes from the environment at run time; it is never written into this file.
 if [[ -n "${HF_TOKEN:-}" ]]; then export HF_TOKEN; fi
+export DYN_SYSTEM_HOST=10.0.0.2
 export DYN_TCP_RPC_HOST=10.0.0.2
 export DYN_TCP_RESPONSE_STREAM_HOST=10.0.0.2
-export DYN_EVENT_PLANE_HOST=10.0.0.2
-export DYN_SYSTEM_HOST=10.0.0.2
 
 PIDS=()
 NAMES=()
@@ -67,28 +68,31 @@ trap on_exit EXIT
 trap 'log "stopping on a signal"; exit 143' TERM INT HUP
 
 # prefill-4: replica 2, GPUs 0, health http://10.0.0.2:8081/health
-start 'prefill 4' env CUDA_VISIBLE_DEVICES=0 DYN_SYSTEM_PORT=8081 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' "$PYTHON" -m dynamo.trtllm \
+start 'prefill 4' env CUDA_VISIBLE_DEVICES=0 DYN_SYSTEM_PORT=8081 "$PYTHON" -m dynamo.trtllm \
     --model "$MODEL_PATH" \
     --served-model-name "$SERVED_MODEL_NAME" \
     --extra-engine-args "$SCRIPT_DIR/prefill_config.yaml" \
     --endpoint dyn://dynamo.prefill.generate \
-    --disaggregation-mode prefill
+    --disaggregation-mode prefill \
+    --kv-block-size 32
 
 # prefill-5: replica 2, GPUs 1, health http://10.0.0.2:8082/health
-start 'prefill 5' env CUDA_VISIBLE_DEVICES=1 DYN_SYSTEM_PORT=8082 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' "$PYTHON" -m dynamo.trtllm \
+start 'prefill 5' env CUDA_VISIBLE_DEVICES=1 DYN_SYSTEM_PORT=8082 "$PYTHON" -m dynamo.trtllm \
     --model "$MODEL_PATH" \
     --served-model-name "$SERVED_MODEL_NAME" \
     --extra-engine-args "$SCRIPT_DIR/prefill_config.yaml" \
     --endpoint dyn://dynamo.prefill.generate \
-    --disaggregation-mode prefill
+    --disaggregation-mode prefill \
+    --kv-block-size 32
 
 # decode-2: replica 2, GPUs 2,3, health http://10.0.0.2:8083/health
-start 'decode 2' env CUDA_VISIBLE_DEVICES=2,3 DYN_SYSTEM_PORT=8083 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' "$PYTHON" -m dynamo.trtllm \
+start 'decode 2' env CUDA_VISIBLE_DEVICES=2,3 DYN_SYSTEM_PORT=8083 "$PYTHON" -m dynamo.trtllm \
     --model "$MODEL_PATH" \
     --served-model-name "$SERVED_MODEL_NAME" \
     --extra-engine-args "$SCRIPT_DIR/decode_config.yaml" \
     --endpoint dyn://dynamo.backend.generate \
-    --disaggregation-mode decode
+    --disaggregation-mode decode \
+    --kv-block-size 32
 
 log "3 process(es) started"
 while :; do

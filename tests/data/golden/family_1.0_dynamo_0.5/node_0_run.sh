@@ -15,9 +15,12 @@ export ETCD_ENDPOINTS="http://${HEAD_NODE_IP}:2379"
 export NATS_SERVER="nats://${HEAD_NODE_IP}:4222"
 export DYN_NAMESPACE=dynamo
 export MODEL_PATH=/models/qwen3-32b-fp8
+# In the Dynamo container the checkpoint is mounted at a path of its own, which launch passes here.
+if [[ -n "${AUTODEPLOY_MODEL_PATH:-}" ]]; then MODEL_PATH=$AUTODEPLOY_MODEL_PATH; fi
 export SERVED_MODEL_NAME=Qwen/Qwen3-32B-FP8
 # The hub token comes from the environment at run time; it is never written into this file.
 if [[ -n "${HF_TOKEN:-}" ]]; then export HF_TOKEN; fi
+export DYN_SYSTEM_HOST=10.0.0.1
 
 PIDS=()
 NAMES=()
@@ -73,7 +76,8 @@ start 'prefill 0' env CUDA_VISIBLE_DEVICES=0 DYN_SYSTEM_PORT=8081 'DYN_SYSTEM_US
     --extra-engine-args "$SCRIPT_DIR/prefill_config.yaml" \
     --endpoint dyn://dynamo.tensorrt_llm_next.generate \
     --disaggregation-mode prefill \
-    --disaggregation-strategy decode_first
+    --disaggregation-strategy decode_first \
+    --kv-block-size 32
 
 # prefill-1: replica 0, GPUs 1, health http://10.0.0.1:8082/health
 start 'prefill 1' env CUDA_VISIBLE_DEVICES=1 DYN_SYSTEM_PORT=8082 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' DYN_SYSTEM_ENABLED=true "$PYTHON" -m dynamo.trtllm \
@@ -82,7 +86,8 @@ start 'prefill 1' env CUDA_VISIBLE_DEVICES=1 DYN_SYSTEM_PORT=8082 'DYN_SYSTEM_US
     --extra-engine-args "$SCRIPT_DIR/prefill_config.yaml" \
     --endpoint dyn://dynamo.tensorrt_llm_next.generate \
     --disaggregation-mode prefill \
-    --disaggregation-strategy decode_first
+    --disaggregation-strategy decode_first \
+    --kv-block-size 32
 
 # prefill-2: replica 1, GPUs 4, health http://10.0.0.1:8083/health
 start 'prefill 2' env CUDA_VISIBLE_DEVICES=4 DYN_SYSTEM_PORT=8083 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' DYN_SYSTEM_ENABLED=true "$PYTHON" -m dynamo.trtllm \
@@ -91,7 +96,8 @@ start 'prefill 2' env CUDA_VISIBLE_DEVICES=4 DYN_SYSTEM_PORT=8083 'DYN_SYSTEM_US
     --extra-engine-args "$SCRIPT_DIR/prefill_config.yaml" \
     --endpoint dyn://dynamo.tensorrt_llm_next.generate \
     --disaggregation-mode prefill \
-    --disaggregation-strategy decode_first
+    --disaggregation-strategy decode_first \
+    --kv-block-size 32
 
 # prefill-3: replica 1, GPUs 5, health http://10.0.0.1:8084/health
 start 'prefill 3' env CUDA_VISIBLE_DEVICES=5 DYN_SYSTEM_PORT=8084 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' DYN_SYSTEM_ENABLED=true "$PYTHON" -m dynamo.trtllm \
@@ -100,7 +106,8 @@ start 'prefill 3' env CUDA_VISIBLE_DEVICES=5 DYN_SYSTEM_PORT=8084 'DYN_SYSTEM_US
     --extra-engine-args "$SCRIPT_DIR/prefill_config.yaml" \
     --endpoint dyn://dynamo.tensorrt_llm_next.generate \
     --disaggregation-mode prefill \
-    --disaggregation-strategy decode_first
+    --disaggregation-strategy decode_first \
+    --kv-block-size 32
 
 # decode-0: replica 0, GPUs 2,3, health http://10.0.0.1:8085/health
 start 'decode 0' env CUDA_VISIBLE_DEVICES=2,3 DYN_SYSTEM_PORT=8085 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' DYN_SYSTEM_ENABLED=true "$PYTHON" -m dynamo.trtllm \
@@ -110,7 +117,8 @@ start 'decode 0' env CUDA_VISIBLE_DEVICES=2,3 DYN_SYSTEM_PORT=8085 'DYN_SYSTEM_U
     --endpoint dyn://dynamo.tensorrt_llm.generate \
     --disaggregation-mode decode \
     --disaggregation-strategy decode_first \
-    --next-endpoint dyn://dynamo.tensorrt_llm_next.generate
+    --next-endpoint dyn://dynamo.tensorrt_llm_next.generate \
+    --kv-block-size 32
 
 # decode-1: replica 1, GPUs 6,7, health http://10.0.0.1:8086/health
 start 'decode 1' env CUDA_VISIBLE_DEVICES=6,7 DYN_SYSTEM_PORT=8086 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' DYN_SYSTEM_ENABLED=true "$PYTHON" -m dynamo.trtllm \
@@ -120,7 +128,8 @@ start 'decode 1' env CUDA_VISIBLE_DEVICES=6,7 DYN_SYSTEM_PORT=8086 'DYN_SYSTEM_U
     --endpoint dyn://dynamo.tensorrt_llm.generate \
     --disaggregation-mode decode \
     --disaggregation-strategy decode_first \
-    --next-endpoint dyn://dynamo.tensorrt_llm_next.generate
+    --next-endpoint dyn://dynamo.tensorrt_llm_next.generate \
+    --kv-block-size 32
 
 log "7 process(es) started"
 while :; do

@@ -15,9 +15,13 @@ export ETCD_ENDPOINTS="http://${HEAD_NODE_IP}:2379"
 export NATS_SERVER="nats://${HEAD_NODE_IP}:4222"
 export DYN_NAMESPACE=dynamo
 export MODEL_PATH=/models/qwen3-32b-fp8
+# In the Dynamo container the checkpoint is mounted at a path of its own, which launch passes here.
+if [[ -n "${AUTODEPLOY_MODEL_PATH:-}" ]]; then MODEL_PATH=$AUTODEPLOY_MODEL_PATH; fi
 export SERVED_MODEL_NAME=Qwen/Qwen3-32B-FP8
 # The hub token comes from the environment at run time; it is never written into this file.
 if [[ -n "${HF_TOKEN:-}" ]]; then export HF_TOKEN; fi
+export DYN_SYSTEM_HOST=10.0.0.1
+export DYN_TCP_RPC_HOST=10.0.0.1
 
 PIDS=()
 NAMES=()
@@ -67,11 +71,12 @@ start frontend "$PYTHON" -m dynamo.frontend \
     --router-mode round-robin
 
 # agg-0: replica 0, GPUs 0,1,2,3,4,5,6,7, health http://10.0.0.1:8081/health
-start 'agg 0' env CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7 DYN_SYSTEM_PORT=8081 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' "$PYTHON" -m dynamo.trtllm \
+start 'agg 0' env CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7 DYN_SYSTEM_PORT=8081 "$PYTHON" -m dynamo.trtllm \
     --model-path "$MODEL_PATH" \
     --served-model-name "$SERVED_MODEL_NAME" \
     --extra-engine-args "$SCRIPT_DIR/agg_config.yaml" \
-    --endpoint dyn://dynamo.backend.generate
+    --endpoint dyn://dynamo.backend.generate \
+    --kv-block-size 32
 
 log "2 process(es) started"
 while :; do

@@ -15,9 +15,13 @@ export ETCD_ENDPOINTS="http://${HEAD_NODE_IP}:2379"
 export NATS_SERVER="nats://${HEAD_NODE_IP}:4222"
 export DYN_NAMESPACE=dynamo
 export MODEL_PATH=/models/qwen3-32b-fp8
+# In the Dynamo container the checkpoint is mounted at a path of its own, which launch passes here.
+if [[ -n "${AUTODEPLOY_MODEL_PATH:-}" ]]; then MODEL_PATH=$AUTODEPLOY_MODEL_PATH; fi
 export SERVED_MODEL_NAME=Qwen/Qwen3-32B-FP8
 # The hub token comes from the environment at run time; it is never written into this file.
 if [[ -n "${HF_TOKEN:-}" ]]; then export HF_TOKEN; fi
+export DYN_SYSTEM_HOST=10.0.0.1
+export DYN_TCP_RPC_HOST=10.0.0.1
 
 PIDS=()
 NAMES=()
@@ -67,60 +71,68 @@ start frontend "$PYTHON" -m dynamo.frontend \
     --router-mode round-robin
 
 # agg-0: replica 0, GPUs 0, health http://10.0.0.1:8081/health
-start 'agg 0' env CUDA_VISIBLE_DEVICES=0 DYN_SYSTEM_PORT=8081 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' "$PYTHON" -m dynamo.trtllm \
+start 'agg 0' env CUDA_VISIBLE_DEVICES=0 DYN_SYSTEM_PORT=8081 "$PYTHON" -m dynamo.trtllm \
     --model-path "$MODEL_PATH" \
     --served-model-name "$SERVED_MODEL_NAME" \
     --extra-engine-args "$SCRIPT_DIR/agg_config.yaml" \
-    --endpoint dyn://dynamo.backend.generate
+    --endpoint dyn://dynamo.backend.generate \
+    --kv-block-size 32
 
 # agg-1: replica 1, GPUs 1, health http://10.0.0.1:8082/health
-start 'agg 1' env CUDA_VISIBLE_DEVICES=1 DYN_SYSTEM_PORT=8082 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' "$PYTHON" -m dynamo.trtllm \
+start 'agg 1' env CUDA_VISIBLE_DEVICES=1 DYN_SYSTEM_PORT=8082 "$PYTHON" -m dynamo.trtllm \
     --model-path "$MODEL_PATH" \
     --served-model-name "$SERVED_MODEL_NAME" \
     --extra-engine-args "$SCRIPT_DIR/agg_config.yaml" \
-    --endpoint dyn://dynamo.backend.generate
+    --endpoint dyn://dynamo.backend.generate \
+    --kv-block-size 32
 
 # agg-2: replica 2, GPUs 2, health http://10.0.0.1:8083/health
-start 'agg 2' env CUDA_VISIBLE_DEVICES=2 DYN_SYSTEM_PORT=8083 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' "$PYTHON" -m dynamo.trtllm \
+start 'agg 2' env CUDA_VISIBLE_DEVICES=2 DYN_SYSTEM_PORT=8083 "$PYTHON" -m dynamo.trtllm \
     --model-path "$MODEL_PATH" \
     --served-model-name "$SERVED_MODEL_NAME" \
     --extra-engine-args "$SCRIPT_DIR/agg_config.yaml" \
-    --endpoint dyn://dynamo.backend.generate
+    --endpoint dyn://dynamo.backend.generate \
+    --kv-block-size 32
 
 # agg-3: replica 3, GPUs 3, health http://10.0.0.1:8084/health
-start 'agg 3' env CUDA_VISIBLE_DEVICES=3 DYN_SYSTEM_PORT=8084 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' "$PYTHON" -m dynamo.trtllm \
+start 'agg 3' env CUDA_VISIBLE_DEVICES=3 DYN_SYSTEM_PORT=8084 "$PYTHON" -m dynamo.trtllm \
     --model-path "$MODEL_PATH" \
     --served-model-name "$SERVED_MODEL_NAME" \
     --extra-engine-args "$SCRIPT_DIR/agg_config.yaml" \
-    --endpoint dyn://dynamo.backend.generate
+    --endpoint dyn://dynamo.backend.generate \
+    --kv-block-size 32
 
 # agg-4: replica 4, GPUs 4, health http://10.0.0.1:8085/health
-start 'agg 4' env CUDA_VISIBLE_DEVICES=4 DYN_SYSTEM_PORT=8085 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' "$PYTHON" -m dynamo.trtllm \
+start 'agg 4' env CUDA_VISIBLE_DEVICES=4 DYN_SYSTEM_PORT=8085 "$PYTHON" -m dynamo.trtllm \
     --model-path "$MODEL_PATH" \
     --served-model-name "$SERVED_MODEL_NAME" \
     --extra-engine-args "$SCRIPT_DIR/agg_config.yaml" \
-    --endpoint dyn://dynamo.backend.generate
+    --endpoint dyn://dynamo.backend.generate \
+    --kv-block-size 32
 
 # agg-5: replica 5, GPUs 5, health http://10.0.0.1:8086/health
-start 'agg 5' env CUDA_VISIBLE_DEVICES=5 DYN_SYSTEM_PORT=8086 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' "$PYTHON" -m dynamo.trtllm \
+start 'agg 5' env CUDA_VISIBLE_DEVICES=5 DYN_SYSTEM_PORT=8086 "$PYTHON" -m dynamo.trtllm \
     --model-path "$MODEL_PATH" \
     --served-model-name "$SERVED_MODEL_NAME" \
     --extra-engine-args "$SCRIPT_DIR/agg_config.yaml" \
-    --endpoint dyn://dynamo.backend.generate
+    --endpoint dyn://dynamo.backend.generate \
+    --kv-block-size 32
 
 # agg-6: replica 6, GPUs 6, health http://10.0.0.1:8087/health
-start 'agg 6' env CUDA_VISIBLE_DEVICES=6 DYN_SYSTEM_PORT=8087 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' "$PYTHON" -m dynamo.trtllm \
+start 'agg 6' env CUDA_VISIBLE_DEVICES=6 DYN_SYSTEM_PORT=8087 "$PYTHON" -m dynamo.trtllm \
     --model-path "$MODEL_PATH" \
     --served-model-name "$SERVED_MODEL_NAME" \
     --extra-engine-args "$SCRIPT_DIR/agg_config.yaml" \
-    --endpoint dyn://dynamo.backend.generate
+    --endpoint dyn://dynamo.backend.generate \
+    --kv-block-size 32
 
 # agg-7: replica 7, GPUs 7, health http://10.0.0.1:8088/health
-start 'agg 7' env CUDA_VISIBLE_DEVICES=7 DYN_SYSTEM_PORT=8088 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' "$PYTHON" -m dynamo.trtllm \
+start 'agg 7' env CUDA_VISIBLE_DEVICES=7 DYN_SYSTEM_PORT=8088 "$PYTHON" -m dynamo.trtllm \
     --model-path "$MODEL_PATH" \
     --served-model-name "$SERVED_MODEL_NAME" \
     --extra-engine-args "$SCRIPT_DIR/agg_config.yaml" \
-    --endpoint dyn://dynamo.backend.generate
+    --endpoint dyn://dynamo.backend.generate \
+    --kv-block-size 32
 
 log "9 process(es) started"
 while :; do

@@ -15,13 +15,14 @@ export ETCD_ENDPOINTS="http://${HEAD_NODE_IP}:2379"
 export NATS_SERVER="nats://${HEAD_NODE_IP}:4222"
 export DYN_NAMESPACE=prod
 export MODEL_PATH=/models/qwen3-32b-fp8
+# In the Dynamo container the checkpoint is mounted at a path of its own, which launch passes here.
+if [[ -n "${AUTODEPLOY_MODEL_PATH:-}" ]]; then MODEL_PATH=$AUTODEPLOY_MODEL_PATH; fi
 export SERVED_MODEL_NAME=Qwen/Qwen3-32B-FP8
 # The hub token comes from the environment at run time; it is never written into this file.
 if [[ -n "${HF_TOKEN:-}" ]]; then export HF_TOKEN; fi
+export DYN_SYSTEM_HOST=10.0.0.2
 export DYN_TCP_RPC_HOST=10.0.0.2
 export DYN_TCP_RESPONSE_STREAM_HOST=10.0.0.2
-export DYN_EVENT_PLANE_HOST=10.0.0.2
-export DYN_SYSTEM_HOST=10.0.0.2
 
 PIDS=()
 NAMES=()
@@ -67,22 +68,24 @@ trap on_exit EXIT
 trap 'log "stopping on a signal"; exit 143' TERM INT HUP
 
 # prefill-1: replica 1, GPUs 0,1, health http://10.0.0.2:8081/health
-start 'prefill 1' env CUDA_VISIBLE_DEVICES=0,1 DYN_SYSTEM_PORT=8081 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' "$PYTHON" -m dynamo.trtllm \
+start 'prefill 1' env CUDA_VISIBLE_DEVICES=0,1 DYN_SYSTEM_PORT=8081 "$PYTHON" -m dynamo.trtllm \
     --model "$MODEL_PATH" \
     --served-model-name "$SERVED_MODEL_NAME" \
     --extra-engine-args "$SCRIPT_DIR/prefill_config.yaml" \
     --endpoint dyn://prod.prefill.generate \
     --disaggregation-mode prefill \
-    --publish-kv-events
+    --kv-block-size 32 \
+    --publish-events-and-metrics
 
 # decode-1: replica 1, GPUs 2,3, health http://10.0.0.2:8082/health
-start 'decode 1' env CUDA_VISIBLE_DEVICES=2,3 DYN_SYSTEM_PORT=8082 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' "$PYTHON" -m dynamo.trtllm \
+start 'decode 1' env CUDA_VISIBLE_DEVICES=2,3 DYN_SYSTEM_PORT=8082 "$PYTHON" -m dynamo.trtllm \
     --model "$MODEL_PATH" \
     --served-model-name "$SERVED_MODEL_NAME" \
     --extra-engine-args "$SCRIPT_DIR/decode_config.yaml" \
     --endpoint dyn://prod.backend.generate \
     --disaggregation-mode decode \
-    --publish-kv-events
+    --kv-block-size 32 \
+    --publish-events-and-metrics
 
 log "2 process(es) started"
 while :; do

@@ -15,13 +15,15 @@ export ETCD_ENDPOINTS="http://${HEAD_NODE_IP}:2379"
 export NATS_SERVER="nats://${HEAD_NODE_IP}:4222"
 export DYN_NAMESPACE=dynamo
 export MODEL_PATH=/models/qwen3-32b-fp8
+# In the Dynamo container the checkpoint is mounted at a path of its own, which launch passes here.
+if [[ -n "${AUTODEPLOY_MODEL_PATH:-}" ]]; then MODEL_PATH=$AUTODEPLOY_MODEL_PATH; fi
 export SERVED_MODEL_NAME=Qwen/Qwen3-32B-FP8
 # The hub token comes from the environment at run time; it is never written into this file.
 if [[ -n "${HF_TOKEN:-}" ]]; then export HF_TOKEN; fi
+export DYN_SYSTEM_HOST=127.0.0.1
 export DYN_TCP_RPC_HOST=127.0.0.1
 export DYN_TCP_RESPONSE_STREAM_HOST=127.0.0.1
 export DYN_EVENT_PLANE_HOST=127.0.0.1
-export DYN_SYSTEM_HOST=127.0.0.1
 export DYN_TCP_RPC_HOST=127.0.0.1
 
 PIDS=()
@@ -67,9 +69,13 @@ on_exit() {
 trap on_exit EXIT
 trap 'log "stopping on a signal"; exit 143' TERM INT HUP
 
-# The mocker JSONs name their timing profile by @SCRIPT_DIR@: write copies with this node's path.
+# The mocker JSONs name their timing profile by @SCRIPT_DIR@: write copies with this node's path, next to
+# the script, or in a private temporary folder where the script's folder is read-only to this user (a
+# container's image user).
 RESOLVED_DIR="$SCRIPT_DIR/resolved"
-mkdir -p "$RESOLVED_DIR"
+if ! mkdir -p "$RESOLVED_DIR" 2>/dev/null || [[ ! -w "$RESOLVED_DIR" ]]; then
+  RESOLVED_DIR=$(mktemp -d)
+fi
 resolve() {
   local escaped
   escaped=$(printf '%s' "$SCRIPT_DIR" | sed 's/[\\&|]/\\&/g')
@@ -82,7 +88,7 @@ start frontend "$PYTHON" -m dynamo.frontend \
 
 # prefill-0: replica 0, GPUs 0, health http://127.0.0.1:8081/health
 resolve mocker/prefill-0.json
-start 'prefill 0' env CUDA_VISIBLE_DEVICES=0 DYN_SYSTEM_PORT=8081 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' "$PYTHON" -m dynamo.mocker \
+start 'prefill 0' env CUDA_VISIBLE_DEVICES=0 DYN_SYSTEM_PORT=8081 "$PYTHON" -m dynamo.mocker \
     --model-path "$MODEL_PATH" \
     --model-name "$SERVED_MODEL_NAME" \
     --extra-engine-args "$RESOLVED_DIR/prefill-0.json" \
@@ -92,7 +98,7 @@ start 'prefill 0' env CUDA_VISIBLE_DEVICES=0 DYN_SYSTEM_PORT=8081 'DYN_SYSTEM_US
 
 # prefill-1: replica 1, GPUs 3, health http://127.0.0.1:8082/health
 resolve mocker/prefill-1.json
-start 'prefill 1' env CUDA_VISIBLE_DEVICES=3 DYN_SYSTEM_PORT=8082 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' "$PYTHON" -m dynamo.mocker \
+start 'prefill 1' env CUDA_VISIBLE_DEVICES=3 DYN_SYSTEM_PORT=8082 "$PYTHON" -m dynamo.mocker \
     --model-path "$MODEL_PATH" \
     --model-name "$SERVED_MODEL_NAME" \
     --extra-engine-args "$RESOLVED_DIR/prefill-1.json" \
@@ -102,7 +108,7 @@ start 'prefill 1' env CUDA_VISIBLE_DEVICES=3 DYN_SYSTEM_PORT=8082 'DYN_SYSTEM_US
 
 # decode-0: replica 0, GPUs 1,2, health http://127.0.0.1:8083/health
 resolve mocker/decode-0.json
-start 'decode 0' env CUDA_VISIBLE_DEVICES=1,2 DYN_SYSTEM_PORT=8083 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' "$PYTHON" -m dynamo.mocker \
+start 'decode 0' env CUDA_VISIBLE_DEVICES=1,2 DYN_SYSTEM_PORT=8083 "$PYTHON" -m dynamo.mocker \
     --model-path "$MODEL_PATH" \
     --model-name "$SERVED_MODEL_NAME" \
     --extra-engine-args "$RESOLVED_DIR/decode-0.json" \
@@ -112,7 +118,7 @@ start 'decode 0' env CUDA_VISIBLE_DEVICES=1,2 DYN_SYSTEM_PORT=8083 'DYN_SYSTEM_U
 
 # decode-1: replica 1, GPUs 4,5, health http://127.0.0.1:8084/health
 resolve mocker/decode-1.json
-start 'decode 1' env CUDA_VISIBLE_DEVICES=4,5 DYN_SYSTEM_PORT=8084 'DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=["generate"]' "$PYTHON" -m dynamo.mocker \
+start 'decode 1' env CUDA_VISIBLE_DEVICES=4,5 DYN_SYSTEM_PORT=8084 "$PYTHON" -m dynamo.mocker \
     --model-path "$MODEL_PATH" \
     --model-name "$SERVED_MODEL_NAME" \
     --extra-engine-args "$RESOLVED_DIR/decode-1.json" \

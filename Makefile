@@ -6,7 +6,7 @@ STAMP := $(VENV)/.bootstrapped
 DYNAMO_VENV ?= .venv-dynamo
 DYNAMO_STAMP := $(DYNAMO_VENV)/.dynamo-1.6.1
 
-.PHONY: demo test test-unit lint bootstrap clean
+.PHONY: demo test test-unit test-conformance lint bootstrap clean
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh scripts/system-packages.txt
 	scripts/bootstrap.sh $(VENV)
@@ -37,6 +37,11 @@ test: $(STAMP) $(DYNAMO_STAMP)
 # The unit tier alone (no services, no root): under a minute.
 test-unit: $(STAMP)
 	$(VENV)/bin/pytest -m unit
+
+# Generated files against every supported release's own parsers and schemas (wheels from PyPI, cached
+# under ~/.cache/autodeploy/wheels).
+test-conformance: $(STAMP)
+	$(VENV)/bin/pytest -m conformance
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix automation tests

@@ -84,10 +84,17 @@ def run_harness(
 _INTEGRATION = REPO / "tests" / "integration"
 
 
+_CONFORMANCE = REPO / "tests" / "conformance"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Test tiers by where a test lives and what it uses: unit, or integration (root), plus dynamo."""
+    """Test tiers by where a test lives and what it uses: unit, conformance (released upstream code from
+    PyPI), or integration (root), plus dynamo."""
     for item in items:
-        if _INTEGRATION in Path(str(item.fspath)).parents:
+        parents = Path(str(item.fspath)).parents
+        if _CONFORMANCE in parents:
+            item.add_marker(pytest.mark.conformance)
+        elif _INTEGRATION in parents:
             item.add_marker(pytest.mark.integration)
             item.add_marker(pytest.mark.root)
             if "tiny_model" in getattr(item, "fixturenames", ()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -48,7 +49,9 @@ HEALTH_STATUS = '["generate"]'
 STOP_GRACE_S = 20  # seconds between TERM and KILL when a node script stops (docs/decisions.md, generate)
 
 
+@functools.cache
 def _environment() -> jinja2.Environment:
+    """The templates' environment, made once: compiling every template per render dominated generate."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         undefined=jinja2.StrictUndefined,

@@ -65,5 +65,7 @@ def test_plan_says_per_node_versions_user_and_rdma() -> None:
     assert lines[0].startswith("node0 (10.0.0.1): Dynamo 1.6.1, TensorRT-LLM ")
     assert "runs as dynamo (uid 1000) (checked at launch)" in lines[0]
     assert "RDMA: if /dev/infiniband is there (checked at launch)" in lines[0]
-    seen = {"node1": NodeRuntime(node="node1", runtime="container", user="1000", rdma=True, devices=["uverbs0"])}
+    seen = {
+        "node1": NodeRuntime(node="node1", runtime="container", user="1000", rdma=True, devices=["uverbs0"])
+    }
     assert describe(config, seen)[1].endswith("runs as 1000; RDMA: yes")

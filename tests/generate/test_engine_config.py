@@ -11,9 +11,9 @@ from automation.engine_config import (
     trtllm_family,
     unknown_keys,
 )
-from automation.versions import dynamo_release, refusal, version_key
 from automation.errors import InputError
 from automation.stages.generate import render_files
+from automation.versions import dynamo_release, refusal, version_key
 from tests.generate.cases import agg_plan, disagg_plan, golden_cases, pipeline, role
 
 FAMILIES = {
@@ -179,7 +179,10 @@ def test_dynamo_release_facts() -> None:
     ("version", "reason"),
     [
         ("0.3.2", "Dynamo 0.3.2 predates 0.4.0, the oldest release autodeploy supports; use 0.4.0 or later"),
-        ("1.7.0", "Dynamo 1.7.0 is newer than 1.6.1, the newest release autodeploy's command lines are checked"),
+        (
+            "1.7.0",
+            "Dynamo 1.7.0 is newer than 1.6.1, the newest release autodeploy's command lines are checked",
+        ),
         ("1.2.5", "Dynamo 1.2.5 is not a published release; use 1.2.1, the nearest supported release"),
         ("1.4.0.dev20260723", "is a development build; use 1.3.1, the nearest supported release"),
         ("latest", "'latest' is not a Dynamo release; use one like 1.6.1"),
@@ -192,11 +195,41 @@ def test_every_refusal_is_one_line_naming_the_nearest_supported_release(version:
 
 def test_every_release_from_0_4_to_1_6_1_is_supported() -> None:
     """The releases users run (PyPI's ai-dynamo 0.4.0 .. 1.6.1, and the image-only 1.2.0 and 1.3.0)."""
-    on_pypi = (
-        "0.4.0 0.4.0.post0 0.4.1 0.5.0 0.5.1 0.6.0 0.6.1 0.7.0 0.7.0.post1 0.7.1 0.8.0 0.8.1 0.8.1.post1 "
-        "0.8.1.post2 0.8.1.post3 0.9.0 0.9.1 1.0.0 1.0.1 1.0.2 1.1.0 1.1.1 1.2.0.post1 1.2.1 1.3.0.post1 "
-        "1.3.1 1.4.0 1.4.1 1.4.2 1.5.0 1.5.1 1.6.0 1.6.1"
-    ).split()
+    on_pypi = [
+        "0.4.0",
+        "0.4.0.post0",
+        "0.4.1",
+        "0.5.0",
+        "0.5.1",
+        "0.6.0",
+        "0.6.1",
+        "0.7.0",
+        "0.7.0.post1",
+        "0.7.1",
+        "0.8.0",
+        "0.8.1",
+        "0.8.1.post1",
+        "0.8.1.post2",
+        "0.8.1.post3",
+        "0.9.0",
+        "0.9.1",
+        "1.0.0",
+        "1.0.1",
+        "1.0.2",
+        "1.1.0",
+        "1.1.1",
+        "1.2.0.post1",
+        "1.2.1",
+        "1.3.0.post1",
+        "1.3.1",
+        "1.4.0",
+        "1.4.1",
+        "1.4.2",
+        "1.5.0",
+        "1.5.1",
+        "1.6.0",
+        "1.6.1",
+    ]
     for version in [*on_pypi, "1.2.0", "1.3.0"]:
         assert refusal(version) is None, version
     from automation.config import dynamo_versions

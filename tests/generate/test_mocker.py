@@ -153,7 +153,11 @@ def test_prefill_workers_carry_the_expected_kv_link_of_a_router_that_ignores_nod
         assert engine["kv_transfer_bandwidth"] == pytest.approx(expected)
     assert prefills == 9
     one_node = render_files(config, disagg_plan(p_tp=1, p_workers=1, d_tp=2, replicas=2))  # 6 GPUs
-    engines = [json.loads(v)["engine"] for k, v in one_node.items() if k.startswith("mocker/") and k.endswith(".json")]
+    engines = [
+        json.loads(v)["engine"]
+        for k, v in one_node.items()
+        if k.startswith("mocker/") and k.endswith(".json")
+    ]
     links = [e["kv_transfer_bandwidth"] for e in engines if "kv_transfer_bandwidth" in e]
     assert links and all(link == pytest.approx(system.nvlink_gbs) for link in links)
 

@@ -8,19 +8,40 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from automation.errors import InputError
-from automation.perfmodel.plan import Plan, RolePlan
+from automation.perfmodel.plan import DEFAULT_TOKENS_PER_BLOCK, Plan, RolePlan
+from automation.trtllm_fields import TrtllmFields, fields_for, recorded_tags
 from automation.versions import in_range, version_key, versions_data
 
 
 @dataclass(frozen=True)
 class TrtllmFamily:
-    """One engine-YAML schema: where the batch limits go and which keys are known."""
+    """One engine-YAML schema: where the batch limits go and which keys are known, plus what the recorded
+    fields of the release (data/trtllm_fields.yaml) say about keys that changed inside the family."""
 
     name: str
     batch_limits: Literal["build_config", "top_level"]
     top_keys: frozenset[str]
     sections: dict[str, tuple[str, ...] | None]  # None: an open section whose keys are not checked
     planned: frozenset[str]
+    version: str = ""
+    # kv_cache_config.tokens_per_block exists (TRT-LLM PR #5911; absent in 1.0.0rc6 and 1.0.0).
+    has_tokens_per_block: bool = True
+    # CacheTransceiverConfig.backend's spelling: upper case from TRT-LLM PR #6780 (1.0.0 final), lower before.
+    transceiver_default: str = "DEFAULT"
+    fields_tag: str | None = None  # the recorded tag that decided the two above, if any
+
+
+def _recorded_evidence(version: str) -> TrtllmFields | None:
+    """The recorded field sets that speak for `version`: its own or the nearest older tag of its line, else
+    the oldest newer tag of its line (a key or spelling a later release of the line still lacks was not
+    there before: fields are added, and the case change came once). None when its line has no tag."""
+    try:
+        return fields_for(version)
+    except InputError:
+        pass
+    key = version_key(version)
+    newer = [t for t in recorded_tags() if version_key(t)[:2] == key[:2] and version_key(t) > key]
+    return fields_for(min(newer, key=version_key)) if newer else None
 
 
 def _known_trtllm_versions() -> list[str]:
@@ -68,12 +89,24 @@ def trtllm_family(version: str) -> TrtllmFamily:
         for name, spec in keys["sections"].items()
         if name in top
     }
+    evidence = _recorded_evidence(version)
+    kv_fields = evidence.kv_cache_config if evidence else None
+    backends = evidence.cache_transceiver_backends if evidence else None
+    has_block = kv_fields is None or "tokens_per_block" in kv_fields
+    if not has_block:
+        sections["kv_cache_config"] = tuple(
+            k for k in sections["kv_cache_config"] or () if k != "tokens_per_block"
+        )
     return TrtllmFamily(
         name=str(entry["name"]),
         batch_limits=_batch_limits(entry),
         top_keys=frozenset(top),
         sections=sections,
         planned=frozenset(keys["planned"]),
+        version=version,
+        has_tokens_per_block=has_block,
+        transceiver_default="DEFAULT" if backends is None or "DEFAULT" in backends else "default",
+        fields_tag=evidence.tag if evidence else None,
     )
 
 
@@ -201,7 +234,7 @@ def engine_config(
         cfg["build_config"] = limits
     else:
         cfg.update(limits)
-    cfg["kv_cache_config"] = {
+    kv: dict[str, Any] = {
         "free_gpu_memory_fraction": role.free_gpu_memory_fraction,
         "dtype": role.kv_cache_dtype,
         "tokens_per_block": role.tokens_per_block,
@@ -209,9 +242,19 @@ def engine_config(
         # measured is what was modelled, and without a KV router reuse only costs bookkeeping.
         "enable_block_reuse": block_reuse,
     }
+    if not family.has_tokens_per_block:
+        # The release's KvCacheConfig forbids the key; its engine runs its own default block size.
+        if role.tokens_per_block != DEFAULT_TOKENS_PER_BLOCK:
+            raise InputError(
+                f"engine.tokens_per_block: TensorRT-LLM {family.version} has no kv_cache_config.tokens_per_block "
+                f"(recorded fields of {family.fields_tag}; it came with TRT-LLM PR #5911)",
+                hint="remove engine.tokens_per_block, or use a Dynamo release that ships TensorRT-LLM 1.1 or later",
+            )
+        del kv["tokens_per_block"]
+    cfg["kv_cache_config"] = kv
     if plan.mode == "disagg":
         cfg["cache_transceiver_config"] = {
-            "backend": "DEFAULT",
+            "backend": family.transceiver_default,
             # Room for the KV cache of the longest request either side handles.
             "max_tokens_in_buffer": max(max(r.max_seq_len, r.max_num_tokens) for r in plan.roles),
         }

@@ -61,7 +61,9 @@ def test_every_rendered_yaml_parses_and_uses_known_keys() -> None:
             kv = cfg["kv_cache_config"]
             assert kv["enable_block_reuse"] is (config.dynamo.router_mode == "kv"), name
             assert kv["free_gpu_memory_fraction"] == r.free_gpu_memory_fraction
-            assert kv["tokens_per_block"] == r.tokens_per_block
+            # TRT-LLM 1.0's KvCacheConfig has no tokens_per_block (recorded fields): it must not be written.
+            assert kv.get("tokens_per_block", r.tokens_per_block) == r.tokens_per_block
+            assert ("tokens_per_block" in kv) is family.has_tokens_per_block, name
             assert cfg["enable_chunked_prefill"] == r.enable_chunked_prefill
             assert cfg["disable_overlap_scheduler"] is (r.role == "prefill")
             sizes = cfg["cuda_graph_config"]["batch_sizes"]

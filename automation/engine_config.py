@@ -44,13 +44,6 @@ def _recorded_evidence(version: str) -> TrtllmFields | None:
     return fields_for(min(newer, key=version_key)) if newer else None
 
 
-def _known_trtllm_versions() -> list[str]:
-    data = versions_data()
-    known = {str(v) for v in data["dynamo_releases"].values()}
-    known |= {str(f["from"]) for f in data["trtllm_families"]}
-    return sorted(known, key=version_key)
-
-
 def _batch_limits(entry: dict[str, Any]) -> Literal["build_config", "top_level"]:
     """Where a family's engine YAML puts the batch limits (versions.yaml's batch_limits)."""
     value = entry["batch_limits"]
@@ -73,12 +66,21 @@ def trtllm_family(version: str) -> TrtllmFamily:
     families = data["trtllm_families"]
     entry = next((f for f in families if in_range(version, f)), None)
     if entry is None:
-        ranges = ", ".join(f"{f['name']} ({f['from']} ≤ v < {f['until']})" for f in families)
-        close = difflib.get_close_matches(str(version), _known_trtllm_versions(), n=1, cutoff=0.6)
-        guess = f"did you mean {close[0]}? " if close else ""
+        shipped = sorted({str(v) for v in data["dynamo_releases"].values()}, key=version_key)
+        key = version_key(version)
+        below = [v for v in shipped if version_key(v) <= key]
+        nearest = below[-1] if below else shipped[0]
+        if key >= version_key(str(families[-1]["until"])):
+            why = (
+                f"is newer than the {families[-1]['name']} line, the newest whose engine-YAML layout is known"
+            )
+        elif key < version_key(str(families[0]["from"])):
+            why = f"predates {families[0]['from']}, the oldest release whose engine-YAML layout is known"
+        else:
+            why = "falls between the engine-YAML layouts autodeploy knows (its layout was not verified)"
         raise InputError(
-            f"backend.version: unknown TensorRT-LLM version {version}; known families: {ranges}",
-            hint=f"{guess}set backend.version to a version of a known family",
+            f"backend.version: TensorRT-LLM {version} {why}; use {nearest}, the nearest a supported Dynamo ships",
+            hint="set backend.version to a TensorRT-LLM release of a known layout, or remove it",
         )
     keys = data["trtllm_keys"]
     top = set(keys["common"])

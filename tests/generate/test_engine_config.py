@@ -143,14 +143,20 @@ def test_build_config_is_refused_where_the_limits_are_top_level() -> None:
     assert "engine.extra.build_config" in _error(config, agg_plan())
 
 
-@pytest.mark.parametrize("version", ["1.2.0rc4", "1.4.0rc1", "0.20.0"])
-def test_unknown_trtllm_version(version: str) -> None:
+@pytest.mark.parametrize(
+    ("version", "why", "nearest"),
+    [
+        ("1.2.0rc4", "falls between the engine-YAML layouts autodeploy knows", "1.2.0rc3"),
+        ("1.4.0rc1", "is newer than the 1.3 line, the newest whose engine-YAML layout is known", "1.3.0rc29"),
+        ("0.20.0", "predates 1.0.0rc0, the oldest release whose engine-YAML layout is known", "1.0.0rc4"),
+    ],
+)
+def test_an_unknown_trtllm_version_is_refused_naming_the_nearest_shipped_one(
+    version: str, why: str, nearest: str
+) -> None:
     text = _error(pipeline([8], backend=version, checked=False), agg_plan())
-    assert f"unknown TensorRT-LLM version {version}" in text and "1.3 (1.3.0rc0" in text
-
-
-def test_unknown_version_suggests_a_near_one() -> None:
-    assert "did you mean 1.3.0rc1?" in _error(pipeline([8], backend="1.4.0rc1", checked=False), agg_plan())
+    assert f"TensorRT-LLM {version} {why}" in text
+    assert f"; use {nearest}, the nearest a supported Dynamo ships" in text
 
 
 def test_dynamo_release_facts() -> None:

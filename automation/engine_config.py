@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from automation.errors import InputError
 from automation.perfmodel.plan import DEFAULT_TOKENS_PER_BLOCK, Plan, RolePlan
-from automation.trtllm_fields import TrtllmFields, fields_for, recorded_tags
+from automation.trtllm_fields import SECTIONS, TrtllmFields, fields_for, recorded_tags
 from automation.versions import in_range, version_key, versions_data
 
 
@@ -31,14 +31,21 @@ class TrtllmFamily:
     fields_tag: str | None = None  # the recorded tag that decided the two above, if any
 
 
+def _own_fields(version: str) -> TrtllmFields | None:
+    """The recorded fields of version's own tag or the nearest older tag of its line, if any."""
+    try:
+        return fields_for(version)
+    except InputError:
+        return None
+
+
 def _recorded_evidence(version: str) -> TrtllmFields | None:
     """The recorded field sets that speak for `version`: its own or the nearest older tag of its line, else
     the oldest newer tag of its line (a key or spelling a later release of the line still lacks was not
     there before: fields are added, and the case change came once). None when its line has no tag."""
-    try:
-        return fields_for(version)
-    except InputError:
-        pass
+    own = _own_fields(version)
+    if own is not None:
+        return own
     key = version_key(version)
     newer = [t for t in recorded_tags() if version_key(t)[:2] == key[:2] and version_key(t) > key]
     return fields_for(min(newer, key=version_key)) if newer else None
@@ -91,6 +98,16 @@ def trtllm_family(version: str) -> TrtllmFamily:
         for name, spec in keys["sections"].items()
         if name in top
     }
+    own = _own_fields(version)
+    if own is not None:
+        # The release's recorded fields (data/trtllm_fields.yaml) add top-level keys the hand-kept list
+        # lacks, and replace a section's list where that class was read (a key the release dropped, such
+        # as kv_cache_config.onboard_blocks in 1.3.0rc23, is then refused in engine.extra too).
+        top |= set(own.llm_args or ())
+        for name in [n for n in sections if n in SECTIONS]:
+            recorded_keys = own.section(name)
+            if recorded_keys is not None:
+                sections[name] = tuple(sorted(recorded_keys))
     evidence = _recorded_evidence(version)
     kv_fields = evidence.kv_cache_config if evidence else None
     backends = evidence.cache_transceiver_backends if evidence else None

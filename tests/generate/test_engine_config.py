@@ -282,3 +282,18 @@ def test_a_plan_that_cannot_be_deployed_is_refused() -> None:
 
     plan = dataclasses.replace(disagg_plan(), mode="agg")
     assert "re-run the configure stage" in _error(pipeline([8, 8]), plan)
+
+
+def test_engine_extra_is_checked_against_the_releases_recorded_fields() -> None:
+    """kv_cache_config.onboard_blocks is a field of 1.2.0rc6.post1's KvCacheConfig, not of 1.3.0rc23's
+    (data/trtllm_fields.yaml): TRT-LLM 1.3.0rc29 (Dynamo 1.6.1) would reject it at start."""
+    extra = {"extra": {"kv_cache_config": {"onboard_blocks": False}}}
+    old = pipeline([8], dynamo="0.8.1", engine_settings=extra, checked=False)
+    assert (
+        yaml.safe_load(render_files(old, agg_plan())["agg_config.yaml"])["kv_cache_config"]["onboard_blocks"]
+        is False
+    )
+    new = pipeline([8], dynamo="1.6.1", engine_settings=extra, checked=False)
+    assert "engine.extra.kv_cache_config.onboard_blocks: unknown key 'onboard_blocks'" in _error(
+        new, agg_plan()
+    )

@@ -29,6 +29,9 @@ class TrtllmFamily:
     # CacheTransceiverConfig.backend's spelling: upper case from TRT-LLM PR #6780 (1.0.0 final), lower before.
     transceiver_default: str = "DEFAULT"
     fields_tag: str | None = None  # the recorded tag that decided the two above, if any
+    # cuda_graph_config is a union chosen by its `mode` key (DecodeCudaGraphConfig | EncodeCudaGraphConfig,
+    # Field(discriminator="mode"), recorded in 1.3.0rc23): the key is then written, not left to a default.
+    graph_mode: str | None = None
 
 
 def _own_fields(version: str) -> TrtllmFields | None:
@@ -126,6 +129,7 @@ def trtllm_family(version: str) -> TrtllmFamily:
         has_tokens_per_block=has_block,
         transceiver_default="DEFAULT" if backends is None or "DEFAULT" in backends else "default",
         fields_tag=evidence.tag if evidence else None,
+        graph_mode="decode" if own and "mode" in (own.cuda_graph_config or ()) else None,
     )
 
 
@@ -278,6 +282,7 @@ def engine_config(
             "max_tokens_in_buffer": max(max(r.max_seq_len, r.max_num_tokens) for r in plan.roles),
         }
     cfg["cuda_graph_config"] = {
+        **({"mode": family.graph_mode} if family.graph_mode else {}),
         "enable_padding": True,
         "batch_sizes": cuda_graph_batch_sizes(role.max_batch_size),
     }

@@ -154,7 +154,10 @@ def test_engine_extra_that_generate_accepts_is_accepted() -> None:
 @pytest.mark.parametrize("backend", ["1.2.0rc4", "1.4.0rc1", "0.20.0"])
 def test_trtllm_versions_outside_every_family_are_refused_at_load(backend: str) -> None:
     (problem,) = _problems(_data(backend={"version": backend}))
-    assert f"backend.version: TensorRT-LLM {backend} " in problem and "the nearest a supported Dynamo ships" in problem
+    assert (
+        f"backend.version: TensorRT-LLM {backend} " in problem
+        and "the nearest a supported Dynamo ships" in problem
+    )
 
 
 def test_a_newer_dynamo_with_an_explicit_backend_is_accepted() -> None:

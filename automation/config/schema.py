@@ -349,6 +349,116 @@ class Benchmark(Strict):
         return value if value == "auto" else sorted(set(value))
 
 
+# Kubernetes' resource.Quantity syntax (the pattern the Dynamo CRDs carry for sizes), without a sign.
+_K8S_QUANTITY = re.compile(
+    r"(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?"
+)
+# RFC 1123 subdomain (names of PVCs, Secrets) and label (namespaces), as Kubernetes checks them.
+_K8S_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_K8S_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+class Kubernetes(Strict):
+    """How generate writes k8s_deploy.yaml: where pods find the checkpoint, the token Secret, pod resources."""
+
+    namespace: str | None = Field(
+        None,
+        description="Namespace written into every document (default: none; `kubectl apply -n` chooses).",
+    )
+    model_source: Literal["pvc", "hostPath"] = Field(
+        "pvc",
+        description="Where pods read the checkpoint: a PersistentVolumeClaim (model_pvc), or a directory "
+        "present on every GPU node (host_path).",
+    )
+    model_pvc: str = Field(
+        "model-cache",
+        description="PersistentVolumeClaim holding the checkpoint (model_source: pvc); Dynamo's recipes name "
+        "theirs model-cache.",
+    )
+    create_pvc: bool = Field(
+        False,
+        description="Write model_pvc and a Job that downloads model.hf_id into it (workers wait for the download); "
+        "false: the claim exists and holds the checkpoint at model_dir.",
+    )
+    pvc_size: str = Field("200Gi", description="Storage the written PVC requests (create_pvc); the checkpoint must fit.")
+    storage_class: str | None = Field(
+        None, description="StorageClass of the written PVC (create_pvc; default: the cluster's default class)."
+    )
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce", "ReadOnlyMany", "ReadWriteOncePod"] = Field(
+        "ReadWriteMany",
+        description="Access mode of the written PVC: ReadWriteMany lets worker pods on several nodes mount it.",
+    )
+    model_dir: str | None = Field(
+        None,
+        description="Checkpoint directory inside the PVC, or below mount_path (default: <org>--<name> of "
+        "model.hf_id, where the download Job puts it).",
+    )
+    host_path: str | None = Field(
+        None,
+        description="Absolute directory holding the checkpoint on every GPU node (model_source: hostPath; "
+        "default: model.path).",
+    )
+    mount_path: str = Field(
+        "/models", description="Where the checkpoint volume is mounted in the pods; workers read <mount_path>/<model_dir>."
+    )
+    hf_token_secret: str | None = Field(
+        None,
+        description="Existing Secret whose HF_TOKEN key is the hub token (gated models): workers get it with "
+        "envFromSecret, the download Job as HF_TOKEN. None: no Secret is referenced.",
+    )
+    download_image: str = Field(
+        "python:3.12-slim",
+        description="Image of the download Job (create_pvc); it pip-installs huggingface_hub and runs `hf download`.",
+    )
+    shm_size: str = Field(
+        "16Gi", description="Shared memory (/dev/shm) of each worker pod (NCCL and multi-GPU TensorRT-LLM use it)."
+    )
+    cpu_per_gpu: str | None = Field("8", description="CPU each worker pod requests per GPU it holds (None: none).")
+    memory_per_gpu: str | None = Field(
+        "64Gi", description="Memory each worker pod requests per GPU it holds (None: none)."
+    )
+    frontend_cpu: str | None = Field("2", description="CPU the frontend pod requests (None: none).")
+    frontend_memory: str | None = Field("4Gi", description="Memory the frontend pod requests (None: none).")
+
+    @field_validator("pvc_size", "shm_size", "cpu_per_gpu", "memory_per_gpu", "frontend_cpu", "frontend_memory")
+    @classmethod
+    def _quantity(cls, value: str | None) -> str | None:
+        if value is not None and not _K8S_QUANTITY.fullmatch(value):
+            raise ValueError(f"{shown(value)} is not a Kubernetes quantity like 16Gi, 500m or 8")
+        return value
+
+    @field_validator("model_pvc", "hf_token_secret", "storage_class")
+    @classmethod
+    def _object_name(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 253 or not _K8S_SUBDOMAIN.fullmatch(value)):
+            raise ValueError(
+                f"{shown(value)} is not a Kubernetes object name (lowercase letters, digits, '-' and '.')"
+            )
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 63 or not _K8S_LABEL.fullmatch(value)):
+            raise ValueError(f"{shown(value)} is not a Kubernetes namespace (lowercase letters, digits and '-')")
+        return value
+
+    @field_validator("mount_path", "host_path")
+    @classmethod
+    def _pod_path(cls, value: str | None) -> str | None:
+        # Kubelet takes these literally: no ~ expansion, and '..' would leave the volume.
+        if value is not None and (not value.startswith("/") or ".." in value.split("/") or value == "/"):
+            raise ValueError(f"{shown(value)} must be an absolute path without '..' (it is used as it is)")
+        return value
+
+    @field_validator("model_dir")
+    @classmethod
+    def _relative_dir(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or ".." in value.split("/") or not value.strip("/")):
+            raise ValueError(f"{shown(value)} must be a relative directory without '..' (it is below mount_path)")
+        return value
+
+
 class PipelineConfig(Strict):
     """One deployment: model, hardware, workload, SLA, and how each stage does its work."""
 
@@ -371,6 +481,10 @@ class PipelineConfig(Strict):
     infra: Infra = Field(default_factory=Infra, description="etcd and NATS on node 0.")
     launch: Launch = Field(default_factory=Launch, description="How workers are started.")
     benchmark: Benchmark = Field(default_factory=Benchmark, description="The concurrency sweep.")
+    kubernetes: Kubernetes = Field(
+        default_factory=Kubernetes,
+        description="The Kubernetes manifest (k8s_deploy.yaml): checkpoint volume, token Secret, pod resources.",
+    )
 
     @field_validator("name")
     @classmethod

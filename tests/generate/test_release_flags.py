@@ -107,3 +107,13 @@ def test_only_variables_the_release_reads_are_written() -> None:
         "DYN_TCP_RESPONSE_STREAM_HOST",
         "DYN_EVENT_PLANE_HOST",
     }
+
+
+def test_cuda_graph_config_names_its_mode_where_the_release_chooses_the_class_by_it() -> None:
+    """TRT-LLM 1.3.0rc23 types cuda_graph_config as a union with Field(discriminator="mode") (recorded
+    fields); Dynamo 1.6.1 ships 1.3.0rc29, so its YAML says mode: decode. 1.3.0rc19 (Dynamo 1.3.1) falls
+    back on the 1.3.0rc11 record, whose CudaGraphConfig has no `mode`: writing it there would be refused."""
+    new = yaml.safe_load(render_files(pipeline([8], dynamo="1.6.1"), agg_plan())["agg_config.yaml"])
+    assert new["cuda_graph_config"]["mode"] == "decode"
+    old = yaml.safe_load(render_files(pipeline([8], dynamo="1.3.1"), agg_plan())["agg_config.yaml"])
+    assert "mode" not in old["cuda_graph_config"]

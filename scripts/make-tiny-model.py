@@ -27,7 +27,15 @@ def write(directory: Path) -> None:
     vocab["[UNK]"] = 3
     vocab.update({f"w{i}": i for i in range(4, VOCAB)})
     added = [
-        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+        {
+            "id": i,
+            "content": t,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
         for i, t in enumerate(SPECIAL)
     ]
     tokenizer = {

@@ -380,9 +380,12 @@ class Kubernetes(Strict):
         description="Write model_pvc and a Job that downloads model.hf_id into it (workers wait for the download); "
         "false: the claim exists and holds the checkpoint at model_dir.",
     )
-    pvc_size: str = Field("200Gi", description="Storage the written PVC requests (create_pvc); the checkpoint must fit.")
+    pvc_size: str = Field(
+        "200Gi", description="Storage the written PVC requests (create_pvc); the checkpoint must fit."
+    )
     storage_class: str | None = Field(
-        None, description="StorageClass of the written PVC (create_pvc; default: the cluster's default class)."
+        None,
+        description="StorageClass of the written PVC (create_pvc; default: the cluster's default class).",
     )
     access_mode: Literal["ReadWriteMany", "ReadWriteOnce", "ReadOnlyMany", "ReadWriteOncePod"] = Field(
         "ReadWriteMany",
@@ -399,7 +402,8 @@ class Kubernetes(Strict):
         "default: model.path).",
     )
     mount_path: str = Field(
-        "/models", description="Where the checkpoint volume is mounted in the pods; workers read <mount_path>/<model_dir>."
+        "/models",
+        description="Where the checkpoint volume is mounted in the pods; workers read <mount_path>/<model_dir>.",
     )
     hf_token_secret: str | None = Field(
         None,
@@ -411,16 +415,21 @@ class Kubernetes(Strict):
         description="Image of the download Job (create_pvc); it pip-installs huggingface_hub and runs `hf download`.",
     )
     shm_size: str = Field(
-        "16Gi", description="Shared memory (/dev/shm) of each worker pod (NCCL and multi-GPU TensorRT-LLM use it)."
+        "16Gi",
+        description="Shared memory (/dev/shm) of each worker pod (NCCL and multi-GPU TensorRT-LLM use it).",
     )
-    cpu_per_gpu: str | None = Field("8", description="CPU each worker pod requests per GPU it holds (None: none).")
+    cpu_per_gpu: str | None = Field(
+        "8", description="CPU each worker pod requests per GPU it holds (None: none)."
+    )
     memory_per_gpu: str | None = Field(
         "64Gi", description="Memory each worker pod requests per GPU it holds (None: none)."
     )
     frontend_cpu: str | None = Field("2", description="CPU the frontend pod requests (None: none).")
     frontend_memory: str | None = Field("4Gi", description="Memory the frontend pod requests (None: none).")
 
-    @field_validator("pvc_size", "shm_size", "cpu_per_gpu", "memory_per_gpu", "frontend_cpu", "frontend_memory")
+    @field_validator(
+        "pvc_size", "shm_size", "cpu_per_gpu", "memory_per_gpu", "frontend_cpu", "frontend_memory"
+    )
     @classmethod
     def _quantity(cls, value: str | None) -> str | None:
         if value is not None and not _K8S_QUANTITY.fullmatch(value):
@@ -440,7 +449,9 @@ class Kubernetes(Strict):
     @classmethod
     def _namespace(cls, value: str | None) -> str | None:
         if value is not None and (len(value) > 63 or not _K8S_LABEL.fullmatch(value)):
-            raise ValueError(f"{shown(value)} is not a Kubernetes namespace (lowercase letters, digits and '-')")
+            raise ValueError(
+                f"{shown(value)} is not a Kubernetes namespace (lowercase letters, digits and '-')"
+            )
         return value
 
     @field_validator("mount_path", "host_path")
@@ -455,7 +466,9 @@ class Kubernetes(Strict):
     @classmethod
     def _relative_dir(cls, value: str | None) -> str | None:
         if value is not None and (value.startswith("/") or ".." in value.split("/") or not value.strip("/")):
-            raise ValueError(f"{shown(value)} must be a relative directory without '..' (it is below mount_path)")
+            raise ValueError(
+                f"{shown(value)} must be a relative directory without '..' (it is below mount_path)"
+            )
         return value
 
 

@@ -26,6 +26,7 @@ from automation.engine_config import (
     trtllm_family,
 )
 from automation.errors import InputError
+from automation.k8s_manifest import PodPaths, render_manifest, template_context
 from automation.perfmodel.plan import Plan, RolePlan
 from automation.placement import (
     Frontend,
@@ -458,83 +459,27 @@ class Generator:
     # -------------------------------------------------------------------------------------------- k8s
 
     def _k8s(self, engine_cfgs: dict[str, dict[str, Any]]) -> str:
-        name = self.config.name.lower().replace("_", "-").replace(".", "-")
-        cm_name = f"{name}-engine-configs"
-        image = str(self.config.dynamo.image)
-        ns = self.config.dynamo.namespace
-        mount = "/workspace/engine_configs"
-        configmap = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": cm_name},
-            "data": {config_file(r): _dump(c) for r, c in engine_cfgs.items()},
-        }
-        frontend = {
-            "componentType": "frontend",
-            "dynamoNamespace": ns,
-            "replicas": 1,
-            "extraPodSpec": {
-                "mainContainer": {
-                    "image": image,
-                    "command": ["python3", "-m", "dynamo.frontend"],
-                    "args": self._frontend_args(),
-                }
-            },
-        }
-        services: dict[str, Any] = {"Frontend": frontend}
-        names = {"agg": "TRTLLMWorker", "prefill": "TRTLLMPrefillWorker", "decode": "TRTLLMDecodeWorker"}
-        for role in self.plan.roles:
-            services[names[role.role]] = self._k8s_worker(role, image, ns, cm_name, mount)
-        deployment = {
-            "apiVersion": "nvidia.com/v1alpha1",
-            "kind": "DynamoGraphDeployment",
-            "metadata": {"name": name},
-            "spec": {"backendFramework": "trtllm", "services": services},
-        }
-        return self.env.get_template("k8s/k8s_deploy.yaml.j2").render(
-            run_name=self.config.name,
-            api_version="nvidia.com/v1alpha1",
-            model_path=self.config.model.path,
-            secret="hf-token-secret",
-            configmap=_dump(configmap),
-            deployment=_dump(deployment).rstrip("\n"),
+        """The Kubernetes manifest (automation/k8s_manifest.py): the same workers, flags and engine configs
+        as the node scripts, for the Dynamo operator of this release."""
+        documents = render_manifest(
+            self.config,
+            self.plan,
+            engine_files={config_file(r): _dump(c) for r, c in engine_cfgs.items()},
+            worker_args=self._k8s_worker_args,
+            frontend_args=self._frontend_args(),
+            worker_env={"DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS": HEALTH_STATUS}
+            if self.dfam.health_status_env
+            else {},
         )
+        context = template_context(self.config, documents)
+        return self.env.get_template("k8s/k8s_deploy.yaml.j2").render(**context)
 
-    def _k8s_worker(self, role: RolePlan, image: str, ns: str, cm_name: str, mount: str) -> dict[str, Any]:
-        f = self.dfam
-        args = [f.model_flag, str(self.config.model.path)]
-        args += ["--served-model-name", str(self.config.model.served_name)]
-        args += ["--extra-engine-args", f"{mount}/{config_file(role.role)}"]
-        # No --endpoint: the operator names the namespace (DYN_NAMESPACE) and the defaults give the
-        # components the node scripts name explicitly.
-        args += self._role_args(role)
-        envs = (
-            [{"name": "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS", "value": HEALTH_STATUS}]
-            if f.health_status_env
-            else []
-        )
-        service: dict[str, Any] = {
-            "componentType": "worker",
-            "dynamoNamespace": ns,
-            "envFromSecret": "hf-token-secret",
-            # Every replica's workers of this role, as the node scripts start them.
-            "replicas": role.workers * self.plan.replicas,
-            "resources": {"limits": {"gpu": str(role.gpus_per_worker)}},
-            "envs": envs,
-            "extraPodSpec": {
-                "volumes": [{"name": "engine-configs", "configMap": {"name": cm_name}}],
-                "mainContainer": {
-                    "image": image,
-                    "workingDir": "/workspace",
-                    "volumeMounts": [{"name": "engine-configs", "mountPath": mount}],
-                    "command": ["python3", "-m", "dynamo.trtllm"],
-                    "args": args,
-                },
-            },
-        }
-        if role.role != "agg":
-            service["subComponentType"] = role.role
-        return service
+    def _k8s_worker_args(self, role: RolePlan, pod: PodPaths) -> list[str]:
+        """A worker's arguments in its pod: the checkpoint and engine config at the pod's paths. No --endpoint:
+        the operator names the namespace (DYN_NAMESPACE) and the defaults give the components."""
+        args = [self.dfam.model_flag, pod.model, "--served-model-name", str(self.config.model.served_name)]
+        args += ["--extra-engine-args", f"{pod.engine_config_dir}/{config_file(role.role)}"]
+        return args + self._role_args(role)
 
     # ----------------------------------------------------------------------------------------- readme
 
@@ -618,16 +563,21 @@ class Generate(Stage):
     summary = "render engine configs, node scripts and the Kubernetes manifest"
     needs = ("configure",)
     Outputs = GenerateOutputs
-    revision = 3  # 3: mockers run the engine YAML's max_num_tokens; every script value quoted
+    revision = 4  # 4: per-release flags and environment; a Kubernetes manifest a cluster can apply
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
         return {
             "name": config.name,
             "model": {
+                "hf_id": config.model.hf_id,
+                "revision": config.model.revision,
                 "path": config.model.path,
                 "served_name": config.model.served_name,
                 "config_dir": str(config.model.config_dir or ""),
             },
+            # The manifest's download Job fetches what the checkpoint stage would.
+            "checkpoint": config.checkpoint.model_dump(mode="json", include={"allow_patterns", "endpoint"}),
+            "kubernetes": config.kubernetes.model_dump(mode="json"),
             "isl": config.workload.isl,
             "backend": config.backend.model_dump(),
             "engine": config.engine.model_dump(),

@@ -56,6 +56,11 @@ def geometric_grid(low: float, high: float, points: int) -> np.ndarray:
     return np.unique(np.round(np.geomspace(low, high, points), 6))
 
 
+def _longest_request(role: RolePlan, seq_len: int | None) -> int:
+    """The workload's request length (seq_len), never above what the role admits (its max_seq_len)."""
+    return min(seq_len or role.max_seq_len, role.max_seq_len)
+
+
 def profile_grids(
     role: RolePlan, isl: int, seq_len: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -63,7 +68,7 @@ def profile_grids(
     workload's requests of seq_len tokens (default: the role's max_seq_len), so that the grid spends its
     points where the benchmark's requests run rather than up to the deployed max_seq_len."""
     prefill_max = max(role.max_num_tokens, isl, 2)
-    ctx_max = max(min(seq_len or role.max_seq_len, role.max_seq_len), 2)
+    ctx_max = max(_longest_request(role, seq_len), 2)
     kv_max = max(role.max_batch_size * ctx_max, ctx_max)
     return (
         quadratic_grid(1.0, float(prefill_max), PREFILL_POINTS),
@@ -128,9 +133,7 @@ def mocker_config(
     """
     check_budget(role, isl)
     # Blocks for the workload's requests (seq_len, default max_seq_len): real memory is sized for those too.
-    blocks_per_request = (
-        math.ceil(min(seq_len or role.max_seq_len, role.max_seq_len) / role.tokens_per_block) + 1
-    )
+    blocks_per_request = math.ceil(_longest_request(role, seq_len) / role.tokens_per_block) + 1
     engine: dict[str, Any] = {
         "backend": "trtllm",
         "worker_type": WORKER_TYPES[role.role],

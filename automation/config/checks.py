@@ -10,8 +10,6 @@ from automation.config.schema import ROLES, PipelineConfig
 from automation.config.teaching import Location, Problem, did_you_mean, is_secret_name, short
 from automation.errors import InputError
 
-# What versions.yaml and the Dynamo / TRT-LLM release names look like (1.3.0, 1.0.0rc6, 1.2.0rc6.post1).
-_VERSION = re.compile(r"\d+\.\d+\.\d+([a-z]+\d+)?(\.post\d+)?")
 # The start of an InputError from engine_config that names a field: "engine.extra.max_batch_size: ...".
 _FIELD_PREFIX = re.compile(r"(?P<path>[A-Za-z_]\w*(?:\.[^.\s:]+)*): (?P<what>.*)")
 
@@ -76,7 +74,7 @@ def _version_problems(config: PipelineConfig) -> list[Problem]:
     if config.backend.version is None:
         return problems
     backend = config.backend.version
-    if not _VERSION.fullmatch(backend):
+    if not versions.is_version(backend) or ".dev" in backend:  # TRT-LLM publishes rc, not dev, builds
         problems.append((("backend", "version"), f"{shown(backend)} is not a version like 1.0.0rc6"))
         return problems
     try:

@@ -14,8 +14,6 @@ from automation.stage import Stage, StageContext
 if TYPE_CHECKING:
     from automation.perfmodel.plan import EngineOverrides, Plan, Role
 
-ROLE_NAMES: tuple[Role, ...] = ("agg", "prefill", "decode")
-
 
 def model_reference(config: PipelineConfig) -> str:
     """What the performance model loads: a local config directory when given, else the HF id."""
@@ -40,7 +38,7 @@ def deployed_plan(config: PipelineConfig, plan: Plan) -> Plan:
     """
     from automation.perfmodel import load_model, load_system
     from automation.perfmodel.evaluate import kv_capacity_tokens
-    from automation.perfmodel.plan import admit_requests
+    from automation.perfmodel.plan import ROLES, admit_requests
 
     arch, system = load_model(plan.model), load_system(plan.system)
     capacity = min(kv_capacity_tokens(arch, system, role) for role in plan.roles)
@@ -60,7 +58,7 @@ def deployed_plan(config: PipelineConfig, plan: Plan) -> Plan:
             f"{capacity} tokens of KV cache",
             hint=f"lower workload.max_seq_len to at most {capacity}, or remove it",
         )
-    chunked = {role: config.engine.for_role(role).get("enable_chunked_prefill") for role in ROLE_NAMES}
+    chunked = {role: config.engine.for_role(role).get("enable_chunked_prefill") for role in ROLES}
     return admit_requests(plan, wanted, chunked)
 
 

@@ -115,16 +115,9 @@ class DockerEngine:
         `environment` is on the node's `docker run` command line: no secrets.
         """
         options = ["--detach", "--name", name, "--network", "host"]
-        for key, value in (environment or {}).items():
-            options += ["--env", f"{key}={value}"]
-        for source, target in (volumes or {}).items():
-            options += ["--volume", f"{source}:{target}"]
         for key, value in (labels or {}).items():
             options += ["--label", f"{key}={value}"]
-        # The CLI takes one entrypoint word; the rest of it goes before the command.
-        first, *rest = list(entrypoint) if entrypoint else [None]
-        if first is not None:
-            options += ["--entrypoint", first]
+        options, rest = _run_options(options, entrypoint, environment, volumes)
         started = self._docker("run", *options, image, *rest, *command, check=False)
         if not started.ok:
             raise StageError(
@@ -140,6 +133,20 @@ class DockerEngine:
                 host=self.host.name,
             )
         return container
+
+    def run_once(
+        self,
+        image: str,
+        command: Sequence[str],
+        *,
+        entrypoint: Sequence[str] | None = None,
+        volumes: Mapping[str, str] | None = None,
+        timeout: float = 300.0,
+    ) -> Result:
+        """Run a command in a throw-away container without a network and return how it ended (for a check
+        made as the image's own user; the caller reads the exit code)."""
+        options, rest = _run_options(["--rm", "--network", "none"], entrypoint, None, volumes)
+        return self._docker("run", *options, image, *rest, *command, check=False, timeout=timeout)
 
     def logs(self, name: str, lines: int = 30) -> str:
         """The last lines the container wrote (stdout and stderr); '' if there is no such container."""
@@ -194,6 +201,25 @@ class DockerEngine:
             hint=f"run it by hand on {self.host.name} to see why",
             host=self.host.name,
         )
+
+
+def _run_options(
+    options: list[str],
+    entrypoint: Sequence[str] | None,
+    environment: Mapping[str, str] | None,
+    volumes: Mapping[str, str] | None,
+) -> tuple[list[str], list[str]]:
+    """`docker run` options with the environment, volumes and entrypoint added, and the entrypoint words
+    that must go before the command (the CLI takes one entrypoint word; the rest precede the command)."""
+    options = list(options)
+    for key, value in (environment or {}).items():
+        options += ["--env", f"{key}={value}"]
+    for source, target in (volumes or {}).items():
+        options += ["--volume", f"{source}:{target}"]
+    words = list(entrypoint or ())
+    if words:
+        options += ["--entrypoint", words[0]]
+    return options, words[1:]
 
 
 def _containers(inspected: str) -> list[Container]:

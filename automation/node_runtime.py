@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -98,38 +97,14 @@ def unreadable_in_container(
     """The first file or directory of the node's files or checkpoint that the image's user cannot read
     (or enter), asked of the image itself: None when all are readable, or when the image has no GNU find
     to ask with (then the workers' own errors tell)."""
-    mounts = ["-v", f"{directory}:{CONTAINER_RUN_DIR}:ro"]
+    volumes = {directory: f"{CONTAINER_RUN_DIR}:ro"}
     roots = [CONTAINER_RUN_DIR]
     if model_path:
-        mounts += ["-v", f"{model_path}:{CONTAINER_MODEL_DIR}:ro"]
+        volumes[model_path] = f"{CONTAINER_MODEL_DIR}:ro"
         roots.append(CONTAINER_MODEL_DIR)
-    for source, target in extra_mounts.items():  # the container's filesystem as the workers will see it
-        mounts += ["-v", f"{source}:{target}"]
-    command = shlex.join(
-        [
-            "docker",
-            "run",
-            "--rm",
-            "--network=none",
-            "--entrypoint",
-            "find",
-            *mounts,
-            image,
-            *roots,
-            "(",
-            "-type",
-            "d",
-            "!",
-            "-executable",
-            "-o",
-            "!",
-            "-readable",
-            ")",
-            "-print",
-            "-quit",
-        ]
-    )
-    result = host.run(command, check=False, timeout=300)
+    volumes.update(extra_mounts)  # the container's filesystem as the workers will see it
+    unreadable = ["(", "-type", "d", "!", "-executable", "-o", "!", "-readable", ")", "-print", "-quit"]
+    result = DockerEngine(host).run_once(image, [*roots, *unreadable], entrypoint=["find"], volumes=volumes)
     if not result.ok:
         return None
     found = result.stdout.strip().splitlines()

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from automation.config import load_pipeline
-from automation.console import Console
 from automation.perfmodel import Plan, estimate
 from automation.pipeline import Runner, Selection
 from automation.stages.configure import Configure
 from automation.state import load_state
 from tests.conftest import MINIMAL_PIPELINE
+from tests.harness.runner import quiet_runner
 
 
 def _run(tmp_path: Path, **changes: object) -> tuple[int, str, Runner]:
@@ -25,14 +23,7 @@ def _run(tmp_path: Path, **changes: object) -> tuple[int, str, Runner]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(data))
-    out = io.StringIO()
-    runner = Runner(
-        load_pipeline(path),
-        path,
-        run_dir=tmp_path / "run",
-        console=Console(out, plain=True),
-        stages=[Configure],
-    )
+    runner, out = quiet_runner(path, [Configure], tmp_path / "run")
     return runner.run(Selection()), out.getvalue(), runner
 
 

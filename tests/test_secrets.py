@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
 import yaml
 
-from automation.config import load_pipeline
-from automation.console import Console
-from automation.pipeline import Runner, Selection
+from automation.pipeline import Selection
 from automation.stages.configure import Configure
 from automation.stages.generate import Generate
 from tests.conftest import MINIMAL_PIPELINE
+from tests.harness.runner import quiet_runner
 
 TOKEN = "hf_aVeryPrivateTokenValue123"
 
@@ -29,14 +27,7 @@ def test_no_file_of_a_run_holds_the_token(
     data["backend"] = {"version": "1.3.0rc23"}
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(data))
-    out = io.StringIO()
-    runner = Runner(
-        load_pipeline(path),
-        path,
-        run_dir=tmp_path / "run",
-        console=Console(out, plain=True),
-        stages=[Configure, Generate],
-    )
+    runner, out = quiet_runner(path, [Configure, Generate], tmp_path / "run")
     assert runner.run(Selection()) == 0, out.getvalue()
     files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
     assert any(p.name.startswith("node_0_run") for p in files)

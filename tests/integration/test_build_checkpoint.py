@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import yaml
 
-from automation.config import load_pipeline
-from automation.console import Console
 from automation.pipeline import Runner, Selection
+from automation.stage import Stage
 from automation.stages.build import Build
 from automation.stages.checkpoint import Checkpoint
 from automation.state import load_state
 from tests.conftest import REPO
+from tests.harness.runner import quiet_runner
 
 
 def _pipeline(tmp_path: Path, **sections: object) -> Path:
@@ -36,15 +36,8 @@ def _pipeline(tmp_path: Path, **sections: object) -> Path:
     return path
 
 
-def _run(path: Path) -> tuple[int, str, Runner]:
-    out = io.StringIO()
-    runner = Runner(
-        load_pipeline(path),
-        path,
-        run_dir=path.parent / "run",
-        console=Console(out, plain=True),
-        stages=[Build, Checkpoint],
-    )
+def _run(path: Path, stages: Sequence[type[Stage]] = (Build, Checkpoint)) -> tuple[int, str, Runner]:
+    runner, out = quiet_runner(path, stages)
     return runner.run(Selection()), out.getvalue(), runner
 
 
@@ -75,15 +68,7 @@ def test_missing_checkpoint_names_the_path(tmp_path: Path) -> None:
 
 
 def _build(path: Path) -> tuple[int, str, Runner]:
-    out = io.StringIO()
-    runner = Runner(
-        load_pipeline(path),
-        path,
-        run_dir=path.parent / "run",
-        console=Console(out, plain=True),
-        stages=[Build],
-    )
-    return runner.run(Selection()), out.getvalue(), runner
+    return _run(path, (Build,))
 
 
 def test_build_records_the_image_id_of_every_node_and_notices_a_change(

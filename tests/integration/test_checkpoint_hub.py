@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import pwd
 import shutil
@@ -15,12 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from automation.config import load_pipeline
-from automation.console import Console
 from automation.pipeline import Runner, Selection
 from automation.stages.checkpoint import Checkpoint
 from automation.state import load_state
 from tests.conftest import REPO
+from tests.harness.runner import quiet_runner
 from tests.hubserver import HubServer
 from tests.services import NamespaceCluster, SSHKeys
 
@@ -61,14 +59,7 @@ def _pipeline(tmp_path: Path, hub: HubServer, repo: str = "acme/tiny", **checkpo
 
 
 def _run(path: Path, selection: Selection | None = None) -> tuple[int, str, Runner]:
-    out = io.StringIO()
-    runner = Runner(
-        load_pipeline(path),
-        path,
-        run_dir=path.parent / "run",
-        console=Console(out, plain=True),
-        stages=[Checkpoint],
-    )
+    runner, out = quiet_runner(path, [Checkpoint])
     return runner.run(selection or Selection()), out.getvalue(), runner
 
 

@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from automation.config import load_pipeline
-from automation.console import Console
 from automation.docker_engine import DockerEngine
 from automation.pipeline import Runner, Selection
 from automation.remote import SSHHost
 from automation.stages.infra import Infra
 from automation.state import load_state
+from tests.harness.runner import quiet_runner
 from tests.services import Dockerd, Sshd, SSHKeys, free_port, require_root, wait_for
 
 
@@ -140,15 +139,7 @@ def test_docker_infra_on_an_ssh_node_with_its_own_port_and_key(
     path.write_text(yaml.safe_dump(data))
 
     def runner() -> tuple[Runner, io.StringIO]:
-        out = io.StringIO()
-        made = Runner(
-            load_pipeline(path),
-            path,
-            run_dir=tmp_path / "run",
-            console=Console(out, plain=True),
-            stages=[Infra],
-        )
-        return made, out
+        return quiet_runner(path, [Infra], tmp_path / "run")
 
     first, out = runner()
     try:

@@ -21,11 +21,11 @@ import pytest
 import yaml
 
 from automation.config import PipelineConfig, load_pipeline
-from automation.console import Console
 from automation.pipeline import Runner, Selection
 from automation.stages.infra import Infra, Service, healthy, services
 from automation.state import Status, load_state, save_state
 from tests.conftest import REPO
+from tests.harness.runner import quiet_runner
 from tests.services import (
     NamespaceCluster,
     Sshd,
@@ -69,15 +69,7 @@ def _pipeline(
 
 
 def _runner(path: Path, run_dir: str = "run") -> tuple[Runner, io.StringIO]:
-    out = io.StringIO()
-    runner = Runner(
-        load_pipeline(path),
-        path,
-        run_dir=path.parent / run_dir,
-        console=Console(out, plain=True),
-        stages=[Infra],
-    )
-    return runner, out
+    return quiet_runner(path, [Infra], path.parent / run_dir)
 
 
 def _services(config: PipelineConfig) -> list[Service]:

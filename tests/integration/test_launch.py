@@ -22,6 +22,7 @@ from automation.pipeline import Runner, Selection
 from automation.stages.launch import probe_frontend
 from automation.state import load_state
 from tests.conftest import REPO
+from tests.harness.runner import quiet_runner
 from tests.integration.conftest import DYNAMO_PYTHON
 from tests.services import NamespaceCluster, SSHKeys, free_port
 
@@ -74,10 +75,7 @@ def _pipeline(
 
 
 def _runner(path: Path) -> tuple[Runner, io.StringIO]:
-    out = io.StringIO()
-    return Runner(
-        load_pipeline(path), path, run_dir=path.parent / "run", console=Console(out, plain=True)
-    ), out
+    return quiet_runner(path)
 
 
 def _run_processes(path: Path) -> list[str]:

@@ -43,7 +43,9 @@ def _pipeline(
     ssh: dict | None = None,
     name: str = "infra-test",
     work_dir: str | None = None,
+    images: tuple[str, str] | None = None,
 ) -> Path:
+    """A pipeline of infra's settings; `images`: the etcd and NATS images of runtime docker."""
     ports = {
         "etcd_port": free_port(),
         "etcd_peer_port": free_port(),
@@ -63,6 +65,8 @@ def _pipeline(
         },
         "infra": {"runtime": runtime, "ready_timeout_s": 20, **ports},
     }
+    if images:
+        data["infra"].update(etcd_image=images[0], nats_image=images[1])
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -242,12 +246,9 @@ def test_unreachable_head_is_a_clear_error(
 
 
 def test_docker_infra_runs_named_containers(dockerd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine, (etcd_image, nats_image) = dockerd
+    engine, images = dockerd
     monkeypatch.setenv("DOCKER_HOST", engine.url)
-    path = _pipeline(tmp_path, runtime="docker", name="dockerinfra")
-    data = yaml.safe_load(path.read_text())
-    data["infra"].update(etcd_image=etcd_image, nats_image=nats_image)
-    path.write_text(yaml.safe_dump(data))
+    path = _pipeline(tmp_path, runtime="docker", name="dockerinfra", images=images)
     runner, out = _runner(path)
     try:
         assert runner.run(Selection()) == 0, out.getvalue()
@@ -396,12 +397,9 @@ def test_teardown_stops_every_service_when_one_of_them_fails(native_pipeline: Pa
 def test_docker_second_run_directory_refuses_and_keeps_the_first_runs_containers(
     dockerd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine, (etcd_image, nats_image) = dockerd
+    engine, images = dockerd
     monkeypatch.setenv("DOCKER_HOST", engine.url)
-    path = _pipeline(tmp_path, runtime="docker", name="twodirs")
-    data = yaml.safe_load(path.read_text())
-    data["infra"].update(etcd_image=etcd_image, nats_image=nats_image)
-    path.write_text(yaml.safe_dump(data))
+    path = _pipeline(tmp_path, runtime="docker", name="twodirs", images=images)
     config = load_pipeline(path)
     first, out = _runner(path, "run-a")
     second, second_out = _runner(path, "run-b")
@@ -427,12 +425,9 @@ def test_docker_second_run_directory_refuses_and_keeps_the_first_runs_containers
 def test_docker_teardown_tries_both_services_and_names_each_failure(
     dockerd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine, (etcd_image, nats_image) = dockerd
+    engine, images = dockerd
     monkeypatch.setenv("DOCKER_HOST", engine.url)
-    path = _pipeline(tmp_path, runtime="docker", name="downfails")
-    data = yaml.safe_load(path.read_text())
-    data["infra"].update(etcd_image=etcd_image, nats_image=nats_image)
-    path.write_text(yaml.safe_dump(data))
+    path = _pipeline(tmp_path, runtime="docker", name="downfails", images=images)
     runner, out = _runner(path)
     try:
         assert runner.run(Selection()) == 0, out.getvalue()

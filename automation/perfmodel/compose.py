@@ -119,10 +119,12 @@ def agg_metrics(
 def cross_node_fraction(deployed_gpus: Arr, gpus_per_node: int) -> Arr:
     """Share of prefill→decode KV transfers that cross nodes: 1 − 1/n over the n nodes the deployment spans.
 
-    Dynamo's frontend picks the prefill worker of a request (round-robin, random or by KV overlap) without
-    regard to the node of the decode worker that serves it, so placement cannot keep a replica's transfer
-    on its node. With prefill workers spread evenly over n = ceil(deployed_gpus / gpus_per_node) nodes,
-    the chosen one shares the decode worker's node with probability 1/n (docs/decisions.md, issue 11).
+    Dynamo's frontend picks the prefill worker of a request (round-robin, random or by KV overlap) and then
+    the decode worker without regard to each other's node (Dynamo 1.3+ can constrain this with topology
+    domains, DYN_KV_TRANSFER_DOMAIN, which autodeploy does not set), so placement alone cannot keep a
+    replica's transfer on its node. With prefill workers spread evenly over n = ceil(deployed_gpus /
+    gpus_per_node) nodes, the chosen one shares the decode worker's node with probability 1/n
+    (docs/decisions.md, issue 11).
     """
     nodes = np.ceil(np.asarray(deployed_gpus, dtype=float) / max(gpus_per_node, 1))
     return 1.0 - 1.0 / np.maximum(nodes, 1.0)

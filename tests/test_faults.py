@@ -77,14 +77,27 @@ def _wait_for_status(state: Path, stage: str, status: str, timeout: float = 30) 
     raise AssertionError(f"{stage} never became {status}")
 
 
+def _wait_until_inside(state: Path, calls: Path, stage: str, timeout: float = 30) -> None:
+    """Wait until the stage is recorded as running *and* its body has begun (its call is written).
+
+    The runner marks a stage running before it calls the stage; a signal that arrives in between
+    interrupts a stage that never ran, which is correct but not what these tests exercise.
+    """
+    _wait_for_status(state, stage, "running", timeout)
+    deadline = time.monotonic() + timeout
+    while stage not in read_calls(calls):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{stage} never began")
+        time.sleep(0.02)
+
+
 def test_sigkill_mid_stage_then_resume(pipeline_file: Path, calls_file: Path) -> None:
     state = pipeline_file.parent / "run" / "state.json"
     watcher = StateWatcher(state)
     watcher.start()
     try:
         child = _start(pipeline_file, {"AUTODEPLOY_TEST_SLEEP": "beta:60"})
-        _wait_for_status(state, "beta", "running")
-        time.sleep(0.2)
+        _wait_until_inside(state, calls_file, "beta")
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
         recorded = json.loads(state.read_text())["stages"]
@@ -108,7 +121,7 @@ def test_sigkill_mid_stage_then_resume(pipeline_file: Path, calls_file: Path) ->
 def test_interrupt_marks_the_stage_and_exits_130(pipeline_file: Path, calls_file: Path, sig: int) -> None:
     state = pipeline_file.parent / "run" / "state.json"
     child = _start(pipeline_file, {"AUTODEPLOY_TEST_SLEEP": "beta:60"})
-    _wait_for_status(state, "beta", "running")
+    _wait_until_inside(state, calls_file, "beta")
     child.send_signal(sig)
     out, _ = child.communicate(timeout=15)
     assert child.returncode == 130, out

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.bootstrapped
 DYNAMO_VENV ?= .venv-dynamo
 DYNAMO_STAMP := $(DYNAMO_VENV)/.dynamo-1.6.1
 
-.PHONY: demo test test-unit test-conformance lint bootstrap clean
+.PHONY: demo container-rehearsal test test-unit test-conformance lint bootstrap clean
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh scripts/system-packages.txt
 	scripts/bootstrap.sh $(VENV)
@@ -27,6 +27,16 @@ demo: $(STAMP) $(DYNAMO_STAMP) $(REHEARSAL_MODEL)/config.json
 	$(VENV)/bin/autodeploy run examples/rehearsal.yaml
 	@echo "The rehearsal still serves at http://127.0.0.1:8000 (report: autodeploy-runs/rehearsal/report/)."
 	@echo "Stop it with: $(VENV)/bin/autodeploy down examples/rehearsal.yaml"
+
+# The rehearsal with its image path (root): two namespace nodes with their own Docker engines; the image
+# is built on node 0 from a Dynamo-shaped source tree, shipped to node 1 over SSH, and runs every worker.
+REHEARSAL_DOCKER := unix:///tmp/autodeploy-rehearsal/docker/adr-n0/docker.sock
+container-rehearsal: $(STAMP) $(DYNAMO_STAMP) $(REHEARSAL_MODEL)/config.json
+	scripts/rehearsal-nodes.sh up --docker
+	DOCKER_HOST=$(REHEARSAL_DOCKER) $(VENV)/bin/python scripts/rehearsal-image.py --tag autodeploy-rehearsal/dynamo-base:local
+	chmod -R a+rX $(REHEARSAL_MODEL)
+	ip netns exec adr-ctl $(VENV)/bin/autodeploy run examples/container-rehearsal.yaml
+	@echo "Stop it with: ip netns exec adr-ctl $(VENV)/bin/autodeploy down examples/container-rehearsal.yaml && scripts/rehearsal-nodes.sh down"
 
 test: $(STAMP) $(DYNAMO_STAMP)
 	$(VENV)/bin/ruff check automation tests

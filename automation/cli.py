@@ -145,11 +145,19 @@ def _plan(args: argparse.Namespace) -> int:
     symbols = {"run": "→", "skip": "↷", "leave": "·"}
     words = {"run": "will run", "skip": "skip", "leave": ""}
     runner.console.line(f"plan for {runner.config.name}  ({runner.run_dir})", "bold")
-    for decision in runner.plan(_selection(args)):
+    decisions = runner.plan(_selection(args))
+    for decision in decisions:
         verb = words[decision.action]
         text = f"{verb}: {decision.reason}" if verb else decision.reason
         runner.console.line(f"{symbols[decision.action]} {decision.stage:<11} {text}")
     from automation import node_runtime
+    from automation.stages.build import plan_image
+
+    if any(d.stage == "build" for d in decisions):
+        will_build = any(d.stage == "build" and d.action == "run" for d in decisions)
+        runner.console.line("image", "bold")
+        for line in plan_image(runner.config, will_build):
+            runner.console.line(f"  {line}")
 
     launched = runner.typed_outputs(runner.load()).get("launch")
     runner.console.line("nodes", "bold")

@@ -24,6 +24,8 @@ from rich.progress_bar import ProgressBar
 from rich.text import Text
 
 NAME_WIDTH = 11
+# The last lines of a failed command shown under its error (the whole output is in the stage's log).
+TAIL_SHOWN = 8
 
 
 class _BarWhenCounted(BarColumn):
@@ -145,9 +147,18 @@ class Console:
         self._stage_line("·", name, text, "dim")
 
     def stage_failed(
-        self, name: str, seconds: float, message: str, hint: str, log: str | None, resume: str
+        self,
+        name: str,
+        seconds: float,
+        message: str,
+        hint: str,
+        log: str | None,
+        resume: str,
+        tail: str = "",
     ) -> None:
         self._stage_line("✗", name, f"failed after {format_seconds(seconds)}: {message}", "bold red")
+        for line in tail.rstrip().splitlines()[-TAIL_SHOWN:]:
+            self.line(f"  │ {line}", "dim")
         if hint:
             self.line(f"  fix: {hint}", "red")
         if log:

@@ -122,12 +122,32 @@ class GenerateOutputs(StageOutputs):
 # ---------------------------------------------------------------------------------------------- build
 
 
+ImageArrival = Literal["built", "loaded", "pulled", "received", "present"]
+
+
 class BuildOutputs(StageOutputs):
     stage: ClassVar[str] = "build"
 
     image: str | None = Field(None, description="the image the node scripts run (None: host runtime)")
     images: dict[str, str] = Field(
         default_factory=dict, description="the image id on every node, by node name"
+    )
+    versions: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="what the image holds: {'dynamo': V, 'trtllm': V} (None: not installed)",
+    )
+    arrivals: dict[str, ImageArrival] = report(
+        default_factory=dict,
+        description="how the image got to each node: built, loaded, pulled, received (shipped from "
+        "node 0) or present (already there)",
+    )
+    digests: dict[str, str] = report(
+        default_factory=dict,
+        description="the registry digest (REPO@sha256:...) by node, when a registry carried it",
+    )
+    ship_s: float | None = report(None, description="seconds spent shipping the image to the other nodes")
+    shipped_mb_per_s: float | None = report(
+        None, description="MB of the image (as docker save writes it) over ship_s, when it was shipped"
     )
     why: str = report("", description="why no image is needed, when none is")
 

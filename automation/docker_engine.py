@@ -9,12 +9,37 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from automation.errors import StageError
-from automation.remote import Host, Result
+from automation.remote import Host, Result, Stream
 
 ContainerStatus = Literal["created", "restarting", "running", "removing", "paused", "exited", "dead"]
 
 # Pulling a multi-gigabyte image (the Dynamo/TRT-LLM one) can take long on a slow link.
 PULL_TIMEOUT_S = 3600.0
+
+
+# What the image's Python says it holds: the Dynamo and TensorRT-LLM distributions (each None if not
+# installed). The names are the wheels' (ai-dynamo, tensorrt_llm); importlib.metadata normalises them.
+_VERSIONS_PROBE = (
+    "import importlib.metadata as m, json\n"
+    "def v(*names):\n"
+    "    for n in names:\n"
+    "        try:\n"
+    "            return m.version(n)\n"
+    "        except m.PackageNotFoundError:\n"
+    "            pass\n"
+    "print(json.dumps({'dynamo': v('ai-dynamo', 'ai_dynamo'), 'trtllm': v('tensorrt_llm', 'tensorrt-llm')}))\n"
+)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One image on one node, as `docker image inspect` has it."""
+
+    id: str
+    size: int  # bytes, uncompressed (about what `docker save` sends)
+    user: str  # its USER ("root" when unset)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    repo_digests: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,6 +76,82 @@ class DockerEngine:
         if _missing(found):
             return None
         raise self._failed(f"docker image inspect {image}", found)
+
+    def inspect_image(self, image: str) -> ImageInfo | None:
+        """The image's id, size, user, labels and registry digests on the node; None if it is not there."""
+        found = self._docker("image", "inspect", image, check=False)
+        if not found.ok:
+            if _missing(found):
+                return None
+            raise self._failed(f"docker image inspect {image}", found)
+        item = cast(list[dict[str, Any]], json.loads(found.stdout))[0]
+        config = item.get("Config") or {}
+        return ImageInfo(
+            id=str(item["Id"]),
+            size=int(item.get("Size") or 0),
+            user=str(config.get("User") or "") or "root",
+            labels={str(k): str(v) for k, v in (config.get("Labels") or {}).items()},
+            repo_digests=tuple(str(d) for d in item.get("RepoDigests") or ()),
+        )
+
+    def image_versions(self, image: str) -> dict[str, str | None] | None:
+        """{"dynamo": V, "trtllm": V} as the image's own python3 reports them (None where a package is
+        missing); None when the image has no python3 to ask. Runs one throw-away container."""
+        ran = self.run_once(image, ["-c", _VERSIONS_PROBE], entrypoint=["python3"], timeout=300)
+        if not ran.ok:
+            said = (ran.stderr + ran.stdout).lower()
+            if ran.exit_code == 127 or "executable file not found" in said or "no such file" in said:
+                return None
+            raise self._failed(f"python3 in {image} (reading its versions)", ran)
+        lines = ran.stdout.strip().splitlines()
+        data = cast(dict[str, Any], json.loads(lines[-1])) if lines else {}
+        return {"dynamo": data.get("dynamo"), "trtllm": data.get("trtllm")}
+
+    def tag(self, image: str, target: str) -> None:
+        self._docker("tag", image, target)
+
+    def untag(self, reference: str) -> None:
+        """Remove a name (the image stays while another name or a container holds it)."""
+        removed = self._docker("image", "rm", "--no-prune", reference, check=False)
+        if not removed.ok and not _missing(removed):
+            raise self._failed(f"docker image rm {reference}", removed)
+
+    def push(self, reference: str) -> str:
+        """Push to its registry; returns the repo digest (REPO@sha256:...)."""
+        pushed = self._docker("push", "--quiet", reference, check=False, timeout=PULL_TIMEOUT_S)
+        if not pushed.ok:
+            raise StageError(
+                f"docker push {reference} failed on {self.host.name}: {_reason(pushed)}",
+                hint="check that the registry is up and that this node's Docker may push to it "
+                "(an http registry must be in dockerd's insecure-registries)",
+                host=self.host.name,
+            )
+        info = self.inspect_image(reference)
+        repo = reference.rsplit(":", 1)[0] if ":" in reference.rsplit("/", 1)[-1] else reference
+        digests = [d for d in (info.repo_digests if info else ()) if d.startswith(repo + "@")]
+        return digests[0] if digests else ""
+
+    def pull(self, reference: str, hint: str) -> str:
+        """Pull and return the image id; a failure says why and what to do (`hint`)."""
+        pulled = self._docker("pull", "--quiet", reference, check=False, timeout=PULL_TIMEOUT_S)
+        present = self.image_id(reference) if pulled.ok else None
+        if present is None:
+            raise StageError(
+                f"docker pull {reference} failed on {self.host.name}: {_reason(pulled)}",
+                hint=hint,
+                host=self.host.name,
+            )
+        return present
+
+    def save_stream(self, image: str) -> Stream:
+        """`docker save` of the image, read from the stream's stdout."""
+        self._ensure_reachable()
+        return self.host.open_stream(f"exec docker save {shlex.quote(image)}")
+
+    def load_stream(self) -> Stream:
+        """`docker load` reading the stream's stdin; its report goes to stderr (kept by the Stream)."""
+        self._ensure_reachable()
+        return self.host.open_stream("exec docker load 1>&2")
 
     def image_user(self, image: str) -> str:
         """The user the image's processes run as (its USER; "" in the image means root).

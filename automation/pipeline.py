@@ -375,6 +375,7 @@ class Runner:
                         redact(exc.hint, self._secrets),
                         self._shown(log_path),
                         self._resume_hint(),
+                        tail=redact(str(getattr(exc, "details", {}).get("tail") or ""), self._secrets),
                     )
                     return exc.exit_code
                 except Exception as exc:

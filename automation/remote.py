@@ -13,12 +13,13 @@ import socket
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from automation.errors import RemoteCommandError, StageError
 
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
     from automation.config import Node, PipelineConfig
 
 TAIL_LINES = 30
+HostT = TypeVar("HostT", bound="Host")
+ResultT = TypeVar("ResultT")
+# What a Stream read returns at most: big enough that a GB/s pipe costs few Python calls.
+_CHUNK_OUT = 1 << 20
 # Called with the count of file bytes just sent, as a copy goes.
 Progress = Callable[[int], None]
 
@@ -118,6 +123,15 @@ class Host(ABC):
             StageError: a named file is not under `local`, or a source file cannot be read.
             HostUnreachableError: the connection to the node broke during the copy.
             RemoteCommandError: the node could not write the files (its tar failed: disk full, permissions).
+        """
+
+    @abstractmethod
+    def open_stream(self, command: str) -> Stream:
+        """Start a bash command on the host whose stdin and stdout are raw byte streams of the caller's.
+
+        For bulk data between nodes (`docker save` on one, `docker load` on another) and for long
+        commands whose output is read as it comes (an image build). The command's stderr is kept
+        (its tail is in wait()'s result). Same user, port, key and host-key checks as run().
         """
 
     def close(self) -> None:  # noqa: B027 - a no-op for hosts that hold no connection
@@ -238,6 +252,155 @@ class Host(ABC):
         return self._home + path[1:]
 
 
+class Stream(ABC):
+    """A command running on a host with its stdin and stdout connected to this process (see Host.open_stream).
+
+    Reads and writes block; a command that exits closes its stdout (read returns b"").
+    kill() ends it from this side, so nothing is left running on the host: its stdin closes (a
+    `docker load` reading a cut stream fails and keeps nothing) and its stdout breaks (a `docker save`
+    writing into it dies of the broken pipe).
+    """
+
+    def __init__(self, host: str, command: str) -> None:
+        self.host = host
+        self.command = command
+
+    @abstractmethod
+    def read(self, size: int = _CHUNK_OUT) -> bytes:
+        """Up to `size` bytes of the command's stdout; b"" once it is closed."""
+
+    @abstractmethod
+    def write(self, data: bytes) -> None:
+        """Send all of `data` to the command's stdin (BrokenPipeError when the command stopped reading)."""
+
+    @abstractmethod
+    def close_input(self) -> None:
+        """End the command's stdin (it reads EOF)."""
+
+    @abstractmethod
+    def wait(self, timeout: float | None = None) -> Result:
+        """Wait for the command to exit; its exit code and the tail of its stderr (stdout: "")."""
+
+    @abstractmethod
+    def kill(self) -> None:
+        """Stop the command now (idempotent)."""
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            self.kill()
+
+
+class _ProcessStream(Stream):
+    """A local child process: the command itself, or an `ssh` client running it on a node."""
+
+    def __init__(
+        self, host: str, command: str, argv: list[str], scratch: tempfile.TemporaryDirectory[str]
+    ) -> None:
+        super().__init__(host, command)
+        self._scratch = scratch
+        self._errors = Path(scratch.name) / "stderr"
+        with self._errors.open("wb") as err:
+            self._process = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, start_new_session=True
+            )
+
+    def read(self, size: int = _CHUNK_OUT) -> bytes:
+        assert self._process.stdout is not None
+        data: bytes = self._process.stdout.read1(size)  # type: ignore[attr-defined]
+        return data
+
+    def write(self, data: bytes) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.write(data)
+
+    def close_input(self) -> None:
+        if self._process.stdin is not None and not self._process.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                self._process.stdin.close()
+
+    def wait(self, timeout: float | None = None) -> Result:
+        self.close_input()
+        try:
+            status = self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise RemoteCommandError(
+                self.host,
+                _short_command(self.command),
+                None,
+                self._stderr(),
+                hint=f"it ran longer than {timeout:.0f}s",
+            ) from None
+        said = self._stderr()
+        self._cleanup()
+        return Result(status, "", said)
+
+    def kill(self) -> None:
+        if self._process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, 9)
+            self._process.wait()
+        self._cleanup()
+
+    def _stderr(self) -> str:
+        try:
+            return _tail(self._errors.read_text(errors="replace"))
+        except OSError:
+            return ""
+
+    def _cleanup(self) -> None:
+        for pipe in (self._process.stdin, self._process.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        with contextlib.suppress(OSError):
+            self._scratch.cleanup()
+
+
+class _ChannelStream(Stream):
+    """A command on an exec channel of a node's paramiko connection (when there is no ssh client)."""
+
+    def __init__(self, host: str, command: str, channel: Channel) -> None:
+        super().__init__(host, command)
+        self._channel = channel
+        self._errors = bytearray()
+        channel.settimeout(_STALLED_S)
+
+    def read(self, size: int = _CHUNK_OUT) -> bytes:
+        data = self._channel.recv(size)
+        while self._channel.recv_stderr_ready():
+            self._errors.extend(self._channel.recv_stderr(_CHUNK))
+        return data
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._channel.sendall(memoryview(data))  # type: ignore[arg-type]
+        except OSError as exc:
+            raise BrokenPipeError(str(exc)) from None
+
+    def close_input(self) -> None:
+        with contextlib.suppress(OSError, EOFError):
+            self._channel.shutdown_write()
+
+    def wait(self, timeout: float | None = None) -> Result:
+        self.close_input()
+        _, errors, finished = _collect(self._channel, timeout)
+        self._errors.extend(errors)
+        self._channel.close()
+        said = _tail(self._errors.decode(errors="replace"))
+        if not finished:
+            raise RemoteCommandError(
+                self.host, _short_command(self.command), None, said, hint="it did not end in time"
+            )
+        return Result(self._channel.exit_status, "", said)
+
+    def kill(self) -> None:
+        self._channel.close()
+
+
 class LocalHost(Host):
     """The machine autodeploy runs on (node 0 in a normal deployment)."""
 
@@ -285,6 +448,10 @@ class LocalHost(Host):
             progress(
                 sum(path.stat().st_size for path, _ in chosen if path.is_file() and not path.is_symlink())
             )
+
+    def open_stream(self, command: str) -> Stream:
+        scratch = tempfile.TemporaryDirectory(prefix="autodeploy-stream-")
+        return _ProcessStream(self.name, command, ["bash", "-c", command], scratch)
 
 
 class SSHHost(Host):
@@ -497,10 +664,8 @@ class SSHHost(Host):
         pipeline's host_keys policy), written to a one-line known_hosts of its own.
         """
         doing = copy.doing
-        key = self._connect().client.get_transport().get_remote_server_key()
         with tempfile.TemporaryDirectory(prefix="autodeploy-ssh-") as scratch:
-            pinned = Path(scratch) / "known_hosts"
-            pinned.write_text(f"{_PINNED_ALIAS} {key.get_name()} {key.get_base64()}\n")
+            pinned = self._pinned_known_hosts(Path(scratch))
             errors = Path(scratch) / "stderr"
             argv = [ssh, *self._openssh_options(pinned), self.address, f"bash -c {shlex.quote(copy.command)}"]
             with errors.open("wb") as err:
@@ -590,6 +755,29 @@ class SSHHost(Host):
                 channel.exit_status,
                 _tail(errors.decode(errors="replace")),
             )
+
+    def open_stream(self, command: str) -> Stream:
+        if self.openssh is None:
+            import paramiko
+
+            channel = self._session(f"running: {_short_command(command)}")
+            try:
+                channel.exec_command(f"bash -c {shlex.quote(command)}")
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                channel.close()
+                raise self._lost(f"running: {_short_command(command)}", exc) from None
+            return _ChannelStream(self.name, command, channel)
+        scratch = tempfile.TemporaryDirectory(prefix="autodeploy-ssh-")
+        pinned = self._pinned_known_hosts(Path(scratch.name))
+        argv = [self.openssh, *self._openssh_options(pinned), self.address, f"bash -c {shlex.quote(command)}"]
+        return _ProcessStream(self.name, command, argv, scratch)
+
+    def _pinned_known_hosts(self, directory: Path) -> Path:
+        """A one-line known_hosts holding the very key this Host's own connection verified."""
+        key = self._connect().client.get_transport().get_remote_server_key()
+        pinned = directory / "known_hosts"
+        pinned.write_text(f"{_PINNED_ALIAS} {key.get_name()} {key.get_base64()}\n")
+        return pinned
 
     def close(self) -> None:
         self._drop()
@@ -857,6 +1045,33 @@ def is_this_machine(host: str) -> bool:
             probe.bind((sockaddr[0], 0))
             return True
     return False
+
+
+def on_hosts(hosts: Sequence[HostT], work: Callable[[HostT], ResultT]) -> list[ResultT]:
+    """work(host) on every host at once, a thread each; the results in the hosts' order.
+
+    Every call runs to its end; then the first failure, in the hosts' order, is raised.
+    """
+    results: list[Any] = [None for _ in hosts]
+    failures: list[BaseException | None] = [None for _ in hosts]
+
+    def one(index: int) -> None:
+        try:
+            results[index] = work(hosts[index])
+        except BaseException as exc:  # handed to the caller's thread below
+            failures[index] = exc
+
+    threads = [
+        threading.Thread(target=one, args=(i,), name=f"on-{h.name}", daemon=True) for i, h in enumerate(hosts)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for failure in failures:
+        if failure is not None:
+            raise failure
+    return results
 
 
 def host_for(config: PipelineConfig, node: Node) -> Host:

@@ -123,9 +123,24 @@ def _located(exc: InputError, default: Location) -> Problem:
 
 
 def _image_problems(config: PipelineConfig) -> list[Problem]:
-    if config.dynamo.image_source == "load" and config.dynamo.image_archive is None:
-        return [(("dynamo", "image_archive"), "required when image_source is 'load': the docker save file")]
-    return []
+    dynamo = config.dynamo
+    problems: list[Problem] = []
+    if dynamo.image_source == "load" and dynamo.image_tar is None:
+        problems.append(
+            (("dynamo", "image_tar"), "required when image_source is 'load': the docker save file")
+        )
+    if dynamo.image_source == "build" and dynamo.source is None:
+        problems.append(
+            (
+                ("dynamo", "source"),
+                "required when image_source is 'build': {git: URL} or {path: DIR} of a Dynamo checkout",
+            )
+        )
+    if dynamo.image_source == "build" and config.launch.runtime == "host":
+        problems.append(
+            (("dynamo", "image_source"), "'build' makes an image, and launch.runtime is host: use container")
+        )
+    return problems
 
 
 def _env_problems(config: PipelineConfig) -> list[Problem]:

@@ -172,3 +172,33 @@ def check_node_dir(value: str) -> str:
         f"{shown(value)} is relative; the nodes need a fixed place "
         f"(write /srv/{rest}, " + _FIXED_PLACE.format(rest=rest) + ")"
     )
+
+
+# A registry path below HOST:PORT: lower-case components separated by '/', as Docker's reference grammar.
+_REGISTRY_PATH = re.compile(
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+)
+
+
+def check_registry(value: str) -> str:
+    """value, if it is HOST[:PORT][/prefix] of a Docker registry (no scheme: docker adds it).
+
+    Raises:
+        ValueError: what is wrong with it, and an example of a good one.
+    """
+    example = "(like registry.example.com:5000 or 10.0.0.1:5000/team)"
+    if "://" in value:
+        raise ValueError(f"{shown(value)}: give HOST:PORT[/prefix] without a scheme {example}")
+    where, _, prefix = value.partition("/")
+    host, colon, port = where.rpartition(":") if where.count(":") == 1 else (where, "", "")
+    if colon and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{shown(value)}: the port must be a number from 1 to 65535 {example}")
+    try:
+        check_host(host)
+    except ValueError as exc:
+        raise ValueError(f"{shown(value)}: {exc}") from None
+    if prefix and not _REGISTRY_PATH.fullmatch(prefix):
+        raise ValueError(
+            f"{shown(value)}: the part after the host must be lower-case names separated by '/' {example}"
+        )
+    return value

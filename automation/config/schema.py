@@ -25,6 +25,7 @@ from automation.config.names import (
     check_namespace,
     check_node_dir,
     check_node_name,
+    check_registry,
     check_served_name,
     shown,
 )
@@ -38,6 +39,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
 # Values that reach node scripts, file names and URLs (names.py says why each shape).
 HostName = Annotated[str, AfterValidator(check_host)]
+RegistryName = Annotated[str, AfterValidator(check_registry)]
 NodeName = Annotated[str, AfterValidator(check_node_name)]
 Namespace = Annotated[str, AfterValidator(check_namespace)]
 ServedName = Annotated[str, AfterValidator(check_served_name)]
@@ -182,21 +184,65 @@ class Engine(EngineSettings):
         return merged
 
 
+class DynamoSource(Strict):
+    """The Dynamo source tree an image is built from (dynamo.image_source: build): a git URL or a folder."""
+
+    git: str | None = Field(
+        None, description="Repository URL cloned once, on node 0, into the run's folder there."
+    )
+    ref: str | None = Field(
+        None, description="Tag, branch or commit to build (default: v<dynamo.version>, the release's tag)."
+    )
+    path: LocalPath | None = Field(
+        None,
+        description="A Dynamo checkout on the head node (copied to node 0 when that is another machine).",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DynamoSource:
+        if (self.git is None) == (self.path is None):
+            raise ValueError(
+                "give either git (a repository URL) or path (a Dynamo checkout), not both or neither"
+            )
+        if self.ref is not None and self.git is None:
+            raise ValueError("ref applies to git; a path is built as it is checked out")
+        return self
+
+
 class Dynamo(Strict):
     version: str = Field(
         default_factory=lambda: newest_dynamo_release(),
         description="Dynamo release; worker flags and the image tag follow it (default: the newest supported).",
     )
     image: str | None = Field(
-        None, description="Container image (default: nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:<version>)."
+        None,
+        description="Container image (default: nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:<version>; "
+        "with image_source build: dynamo:<version>-trtllm-<backend.version>).",
     )
     image_source: Literal["pull", "build", "load", "present"] = Field(
         "pull",
-        description="How the build stage gets the image onto each node: pull it, build it, "
-        "load image_archive, or require it to be present already.",
+        description="How the build stage gets the image: pull it on every node, build it on node 0 from "
+        "source, load image_tar on node 0, or require it on every node already. Built and loaded images "
+        "are then shipped to the other nodes.",
     )
-    image_archive: LocalPath | None = Field(
-        None, description="docker save archive to load (image_source: load)."
+    source: DynamoSource | None = Field(
+        None, description="The Dynamo source tree to build from (image_source: build)."
+    )
+    build_args: list[str] = Field(
+        default_factory=list,
+        description="Extra flags for the release's build command (container/build.sh for 0.x; "
+        "docker build for 1.x), e.g. ['--no-cache'].",
+    )
+    image_tar: LocalPath | None = Field(
+        None, description="A `docker save` archive on the head node to load (image_source: load)."
+    )
+    registry: RegistryName | None = Field(
+        None,
+        description="HOST:PORT[/prefix] of a registry every node can reach: node 0 pushes the image there "
+        "once and the other nodes pull it. Without one, node 0's image is streamed to each node over SSH.",
+    )
+    ship_parallel: PositiveInt = Field(
+        4, description="Nodes that receive the image over SSH at once (one `docker save` feeds them all)."
     )
     namespace: Namespace = Field("dynamo", description="Dynamo namespace workers register in.")
     frontend_port: Port = Field(8000, description="HTTP port of the OpenAI-compatible frontend on node 0.")
@@ -523,10 +569,13 @@ class PipelineConfig(Strict):
                 node.address = node.host
         if self.search.total_gpus is None:
             self.search.total_gpus = sum(node.gpus for node in self.cluster.nodes)
-        if self.dynamo.image is None:
-            self.dynamo.image = f"nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:{self.dynamo.version}"
         if self.backend.version is None:
             self.backend.version = dynamo_versions().get(self.dynamo.version)
+        if self.dynamo.image is None:
+            if self.dynamo.image_source == "build":
+                self.dynamo.image = f"dynamo:{self.dynamo.version}-trtllm-{self.backend.version or 'unknown'}"
+            else:
+                self.dynamo.image = f"nvcr.io/nvidia/ai-dynamo/tensorrtllm-runtime:{self.dynamo.version}"
         return self
 
     @property

@@ -16,7 +16,7 @@ from automation.console import ProgressTask, StageDisplay
 from automation.contracts import CheckpointOutputs, NodeInventory, recorded
 from automation.errors import AutodeployError, InputError, StageError
 from automation.redact import hub_token
-from automation.remote import Host, LocalHost, host_for
+from automation.remote import Host, LocalHost, host_for, on_hosts
 from automation.stage import Check, Stage, StageContext
 from automation.state import StageRecord
 
@@ -125,27 +125,8 @@ def check_on_nodes(hosts: Sequence[Host], paths: Sequence[str], manifest: Manife
 
     Every check runs to its end; then the first failure (a node that cannot be reached) is raised.
     """
-    results: list[dict[str, str]] = [{} for _ in hosts]
-    failures: list[BaseException | None] = [None for _ in hosts]
-
-    def check(index: int) -> None:
-        try:
-            results[index] = check_files(hosts[index], paths[index], manifest, True)
-        except BaseException as exc:  # handed to the caller's thread below
-            failures[index] = exc
-
-    threads = [
-        threading.Thread(target=check, args=(i,), name=f"check-{h.name}", daemon=True)
-        for i, h in enumerate(hosts)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for failure in failures:
-        if failure is not None:
-            raise failure
-    return results
+    where = dict(zip((id(h) for h in hosts), paths, strict=True))
+    return on_hosts(list(hosts), lambda host: check_files(host, where[id(host)], manifest, True))
 
 
 def copy_to_nodes(source: Path, copies: Sequence[NodeCopy], display: StageDisplay) -> dict[str, int]:

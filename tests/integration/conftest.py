@@ -12,10 +12,12 @@ import pytest
 
 from tests.conftest import REPO
 from tests.services import (
+    DockerCluster,
     Dockerd,
     NamespaceCluster,
     Sshd,
     SSHKeys,
+    docker_namespace_cluster,
     free_port,
     import_service_images,
     namespace_cluster,
@@ -59,6 +61,15 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dockerd,
         yield engine, import_service_images(engine, root)
     finally:
         engine.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_cluster(ssh_keys: SSHKeys, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerCluster]:
+    """Two namespace nodes (10.202.0.1, 10.202.0.2; controller 10.202.0.100), each with its own sshd and
+    dockerd (`ssh node docker ...` reaches that node's engine), and a registry at 10.202.0.1:5000 that
+    both engines use over plain HTTP. Coexists with `netns` (other namespaces, other subnet)."""
+    with docker_namespace_cluster(ssh_keys, tmp_path_factory.mktemp("dkc")) as cluster:
+        yield cluster
 
 
 DYNAMO_PYTHON = Path(os.environ.get("AUTODEPLOY_DYNAMO_PYTHON", REPO / ".venv-dynamo" / "bin" / "python"))

@@ -17,6 +17,7 @@ from automation.stages.checkpoint import Checkpoint
 from automation.state import load_state
 from tests.conftest import REPO
 from tests.harness.runner import quiet_runner
+from tests.services import import_busybox_image
 
 
 def _pipeline(tmp_path: Path, **sections: object) -> Path:
@@ -74,26 +75,28 @@ def _build(path: Path) -> tuple[int, str, Runner]:
 def test_build_records_the_image_id_of_every_node_and_notices_a_change(
     dockerd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine, (etcd_image, nats_image) = dockerd
+    engine, _ = dockerd
     monkeypatch.setenv("DOCKER_HOST", engine.url)
     image = "autodeploy-test/dynamo:build"
-    engine.docker("tag", etcd_image, image)
+    labels = ["LABEL autodeploy.dynamo.version=1.6.1", "LABEL autodeploy.trtllm.version=1.3.0rc29"]
+    first = import_busybox_image(engine, tmp_path / "rootfs", image, changes=labels)
     try:
         launch = {"runtime": "container", "engine": "mocker"}
-        path = _pipeline(tmp_path, launch=launch, dynamo={"image": image, "image_source": "present"})
+        path = _pipeline(
+            tmp_path, launch=launch, dynamo={"version": "1.6.1", "image": image, "image_source": "present"}
+        )
         code, out, runner = _build(path)
         assert code == 0, out
         recorded = load_state(runner.state_path).stages["build"].outputs  # type: ignore[union-attr]
-        etcd_id = engine.docker("image", "inspect", "--format", "{{.Id}}", etcd_image).strip()
-        assert recorded == {"image": image, "images": {"node0": etcd_id}, "why": ""}
+        assert recorded["images"] == {"node0": first} and recorded["arrivals"] == {"node0": "present"}
+        assert recorded["versions"] == {"dynamo": "1.6.1", "trtllm": "1.3.0rc29"}  # from the labels
         code, out, _ = _build(path)
         assert "↷ build       skipped: the image is unchanged on every node" in out
-        engine.docker("tag", nats_image, image)  # same name, another image (label differs)
+        second = import_busybox_image(engine, tmp_path / "rootfs", image, changes=[*labels, "LABEL again=1"])
         code, out, runner = _build(path)
         assert code == 0 and "✓ build" in out, out
         recorded = load_state(runner.state_path).stages["build"].outputs  # type: ignore[union-attr]
-        nats_id = engine.docker("image", "inspect", "--format", "{{.Id}}", nats_image).strip()
-        assert recorded["images"] == {"node0": nats_id}
+        assert recorded["images"] == {"node0": second} != {"node0": first}
     finally:
         engine.docker("rmi", image)
     code, out, _ = _build(path)

@@ -393,7 +393,17 @@ def test_container_runtime_runs_each_node_script_in_the_image(
     private.chmod(0o700)
     tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True).stdout
     image = "autodeploy-test/dynamo:local"
-    engine.docker("import", "--change", "USER 1000", "--change", "ENV HOME=/tmp", "-", image, input_bytes=tar)
+    # The host's Python is mounted only when the node script runs, so the build stage's python3 probe finds
+    # none: the labels say what the image holds.
+    labels = [
+        "--change",
+        "LABEL autodeploy.dynamo.version=1.6.1",
+        "--change",
+        "LABEL autodeploy.trtllm.version=1.3.0rc23",
+    ]
+    engine.docker(
+        "import", "--change", "USER 1000", "--change", "ENV HOME=/tmp", *labels, "-", image, input_bytes=tar
+    )
     python_home = str(Path(os.path.realpath(sys.executable)).parents[1])
     mounts = {d: f"{d}:ro" for d in ("/usr", "/lib", "/lib64", "/bin", "/etc", python_home)}
     mounts[str(DYNAMO_PYTHON.parents[1])] = f"{DYNAMO_PYTHON.parents[1]}:ro"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,13 @@ def _autodeploy(cluster: DockerCluster, path: Path, *args: str) -> float:
 def main() -> None:
     mib = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
     scratch = Path(tempfile.mkdtemp(prefix="bench-ship-"))
+    try:
+        _measure(scratch, mib)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # several GB of engine data
+
+
+def _measure(scratch: Path, mib: int) -> None:
     keys = SSHKeys.create(scratch / "ssh")
     with docker_namespace_cluster(keys, scratch / "cluster") as cluster:
         node0, node1 = cluster.engines

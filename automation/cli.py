@@ -92,6 +92,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.set_defaults(func=_validate)
 
+    compare = commands.add_parser(
+        "compare",
+        help="two runs' measured levels side by side: the change and whether it exceeds their spread",
+        description="two runs' measured levels side by side: the change B/A − 1 per concurrency and "
+        "whether it exceeds the runs' own spread (a 90 % bootstrap interval over the requests)",
+        parents=[common],
+    )
+    compare.add_argument("run_a", type=Path, metavar="RUN_A", help="the baseline run directory")
+    compare.add_argument("run_b", type=Path, metavar="RUN_B", help="the run directory compared with it")
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    compare.add_argument(
+        "--plot", type=Path, metavar="FILE", help="the plot's file (default: RUN_B/report/compare_<A>.png)"
+    )
+    compare.set_defaults(func=_compare)
+
+    export = commands.add_parser(
+        "export",
+        help="write a run's measured levels in another tool's format",
+        description="write a run's measured levels in another tool's format (aiconfigurator-silicon: "
+        "rows of aiconfigurator's measured-silicon table, one per concurrency level)",
+        parents=[common],
+    )
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
+    export.add_argument("--format", required=True, choices=["aiconfigurator-silicon"], help="the format")
+    export.add_argument(
+        "--out", type=Path, metavar="FILE", help="the file (default: RUN_DIR/report/silicon_rows.csv)"
+    )
+    export.set_defaults(func=_export)
+
     _add_perfmodel_commands(commands, common)
     return parser
 
@@ -245,6 +274,35 @@ def _validate(args: argparse.Namespace) -> int:
         print(resolved_yaml(config), end="")
     else:
         _console().line(f"✓ {args.pipeline} is valid: {config.name}, {len(config.cluster.nodes)} node(s)")
+    return EXIT_OK
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import json
+
+    from automation import baseline
+
+    comparison = baseline.compare_runs(args.run_a, args.run_b)
+    plot = baseline.plot(comparison, args.plot or baseline.default_plot_path(comparison))
+    if args.json:
+        print(json.dumps({**comparison.to_dict(), "plot": str(plot)}, indent=2))
+        return EXIT_OK
+    console = _console()
+    for note in [*comparison.a.skipped, *comparison.b.skipped]:
+        console.line(f"note: {note}")
+    console.table(*baseline.table(comparison))
+    console.line(baseline.SPREAD_RULE)
+    console.line(f"plot: {plot}")
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from automation import silicon_export
+
+    result = silicon_export.export(args.run_dir, args.out)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    _console().line(f"✓ {len(result.rows)} row(s) ({args.format}) written to {result.path}")
     return EXIT_OK
 
 

@@ -165,6 +165,11 @@ class Console:
             self.line(f"  log: {log}")
         self.line(f"  then: {resume}")
 
+    def diagnosis(self, signature: str, advice: str, where: str, evidence: str) -> None:
+        """A known cause found in the logs of a failed stage: what it is, what to do, and the line that shows it."""
+        self.line(f"  known cause: {signature.replace('_', ' ')}: {advice}", "yellow")
+        self.line(f"    {where}: {evidence}", "dim")
+
     def stage_interrupted(self, name: str, resume: str) -> None:
         self._stage_line("■", name, "interrupted", "yellow")
         self.line(f"  resume: {resume}")

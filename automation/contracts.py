@@ -103,6 +103,14 @@ class ConfigureOutputs(StageOutputs):
         default_factory=dict, description="the best candidates per mode"
     )
     report_dir: str = report("configure", description="where the sweep's tables and plots are")
+    source: Literal["autodeploy", "aiconfigurator"] = Field(
+        "autodeploy", description="who picked the plan: autodeploy's sweep, or aiconfigurator"
+    )
+    aiconfigurator: dict[str, Any] | None = Field(
+        None,
+        description="the aiconfigurator result the plan came from: directory, mode, rank, layout and its "
+        "own predicted numbers (None: autodeploy's sweep picked it)",
+    )
 
 
 # ------------------------------------------------------------------------------------------- generate

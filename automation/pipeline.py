@@ -63,6 +63,10 @@ STAGES: tuple[type[Stage], ...] = (
 )
 
 
+# Stages whose failures are matched against the known-failure table (their logs hold the nodes' output).
+DIAGNOSED_STAGES = frozenset({"build", "infra", "launch", "benchmark"})
+
+
 @dataclass(frozen=True)
 class Selection:
     """Which stages a command considers. Naming stages (--from, --only) means: run them even if done."""
@@ -367,6 +371,7 @@ class Runner:
                     for key, value in getattr(exc, "details", {}).items():
                         log.error("  %s: %s", key, value)
                     record.error = self._error_record(exc, log_path)
+                    causes = self._known_causes(stage.name, record, log)
                     self._finish(state, record, Status.FAILED, started)
                     self.console.stage_failed(
                         stage.name,
@@ -377,6 +382,7 @@ class Runner:
                         self._resume_hint(),
                         tail=redact(str(getattr(exc, "details", {}).get("tail") or ""), self._secrets),
                     )
+                    self._show_causes(causes)
                     return exc.exit_code
                 except Exception as exc:
                     crash = self.run_dir / "logs" / "crash.log"
@@ -409,6 +415,29 @@ class Runner:
             self._finish(state, record, Status.INTERRUPTED, started)
             self.console.stage_interrupted(stage.name, self._resume_hint())
             return EXIT_INTERRUPTED
+
+    def _known_causes(self, stage: str, record: StageRecord, log: logging.Logger) -> list[Any]:
+        """Known failure signatures in the failed stage's logs (data/failure_signatures.yaml), logged and
+        recorded with the error."""
+        if stage not in DIAGNOSED_STAGES:
+            return []
+        from automation.diagnose import diagnose_run
+
+        findings = diagnose_run(self.run_dir, stage)
+        for finding in findings:
+            log.error("known cause %s at %s: %s", finding.signature, finding.where, finding.evidence)
+        if findings and record.error is not None:
+            record.error["known_causes"] = [f.signature for f in findings]
+        return findings
+
+    def _show_causes(self, findings: list[Any]) -> None:
+        for finding in findings:
+            self.console.diagnosis(
+                finding.signature,
+                redact(finding.advice, self._secrets),
+                finding.where,
+                redact(finding.evidence, self._secrets),
+            )
 
     def _finish(self, state: RunState, record: StageRecord, status: Status, started: float) -> None:
         record.status = status

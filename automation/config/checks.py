@@ -20,6 +20,7 @@ def consistency_problems(config: PipelineConfig) -> list[Problem]:
         *_cluster_problems(config),
         *_version_problems(config),
         *_image_problems(config),
+        *_configure_problems(config),
         *_env_problems(config),
     ]
 
@@ -141,6 +142,26 @@ def _image_problems(config: PipelineConfig) -> list[Problem]:
             (("dynamo", "image_source"), "'build' makes an image, and launch.runtime is host: use container")
         )
     return problems
+
+
+def _configure_problems(config: PipelineConfig) -> list[Problem]:
+    section = config.configure
+    if section.source == "autodeploy" and section.aiconfigurator_dir is not None:
+        return [
+            (
+                ("configure", "aiconfigurator_dir"),
+                "is set, and configure.source is autodeploy: set source: aiconfigurator to deploy its pick "
+                "(or summarize.aiconfigurator_dir to only compare with it)",
+            )
+        ]
+    if section.source == "autodeploy" and (section.mode != "auto" or section.rank != 1):
+        return [
+            (
+                ("configure", "source"),
+                "mode and rank choose among aiconfigurator's picks: set source: aiconfigurator",
+            )
+        ]
+    return []
 
 
 def _env_problems(config: PipelineConfig) -> list[Problem]:

@@ -126,6 +126,36 @@ class Search(Strict):
     top_n: PositiveInt = Field(3, description="Candidates kept per mode in the report.")
 
 
+class ConfigureSection(Strict):
+    """Where the deployed plan comes from: autodeploy's own sweep, or an aiconfigurator result."""
+
+    source: Literal["autodeploy", "aiconfigurator"] = Field(
+        "autodeploy",
+        description="autodeploy: the embedded performance model's sweep (search:); aiconfigurator: the pick "
+        "of an aiconfigurator result (aiconfigurator_dir), or of a run of `aiconfigurator cli default` when "
+        "no directory is given and the package is installed.",
+    )
+    aiconfigurator_dir: LocalPath | None = Field(
+        None,
+        description="aiconfigurator's --save_dir output (the run folder holding agg/ and disagg/, or the "
+        "folder that holds one such run folder).",
+    )
+    mode: Literal["auto", "agg", "disagg"] = Field(
+        "auto", description="Which mode's ranking to deploy from (auto: aiconfigurator's own winner)."
+    )
+    rank: PositiveInt = Field(
+        1, description="Which of that mode's ranked configurations to deploy (1 = best)."
+    )
+
+
+class Summarize(Strict):
+    aiconfigurator_dir: LocalPath | None = Field(
+        None,
+        description="An aiconfigurator result whose predictions the report shows beside autodeploy's "
+        "(default: the one configure imported, if any).",
+    )
+
+
 class Backend(Strict):
     name: Literal["trtllm"] = Field("trtllm", description="Inference backend; TensorRT-LLM is supported.")
     version: str | None = Field(
@@ -387,6 +417,11 @@ class Benchmark(Strict):
     )
     client: Literal["builtin", "aiperf"] = Field("builtin", description="Benchmark client.")
     seed: int = Field(0, description="Seed for prompt generation.")
+    baseline: LocalPath | None = Field(
+        None,
+        description="A finished run directory whose measured levels the summary shows beside this run's "
+        "(with the change, marked real only beyond both runs' spread).",
+    )
     request_timeout_s: float = Field(600.0, gt=0, description="Seconds before one request counts as failed.")
 
     @field_validator("concurrency")
@@ -529,6 +564,9 @@ class PipelineConfig(Strict):
     system: str = Field(description="GPU system the performance model uses, e.g. h200_sxm.")
     workload: Workload = Field(description="Sequence lengths the deployment is tuned and measured for.")
     sla: SLA = Field(description="Latency limits the picked configuration must meet.")
+    configure: ConfigureSection = Field(
+        default_factory=ConfigureSection, description="Where the deployed plan comes from."
+    )
     search: Search = Field(default_factory=Search, description="What the configure stage sweeps.")
     backend: Backend = Field(default_factory=Backend, description="Inference backend and its version.")
     engine: Engine = Field(
@@ -540,6 +578,7 @@ class PipelineConfig(Strict):
     infra: Infra = Field(default_factory=Infra, description="etcd and NATS on node 0.")
     launch: Launch = Field(default_factory=Launch, description="How workers are started.")
     benchmark: Benchmark = Field(default_factory=Benchmark, description="The concurrency sweep.")
+    summarize: Summarize = Field(default_factory=Summarize, description="What the report compares against.")
     kubernetes: Kubernetes = Field(
         default_factory=Kubernetes,
         description="The Kubernetes manifest (k8s_deploy.yaml): checkpoint volume, token Secret, pod resources.",

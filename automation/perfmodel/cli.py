@@ -34,16 +34,29 @@ def add_configure_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="sweep agg/disagg deployments with the performance model and pick the best under an SLA",
         description="Sweep aggregated and disaggregated TRT-LLM deployments and rank them by cluster tokens/s/gpu.",
     )
+    p.add_argument("--model", help="HF id (e.g. Qwen/Qwen3-32B-FP8) or a local dir with config.json")
+    p.add_argument("--system", help="GPU system: h100_sxm, h200_sxm, b200_sxm, a100_sxm")
     p.add_argument(
-        "--model", required=True, help="HF id (e.g. Qwen/Qwen3-32B-FP8) or a local dir with config.json"
+        "--total-gpus",
+        type=_int,
+        help="GPUs in the cluster (with --import-aiconfigurator: default its experiment's)",
     )
-    p.add_argument("--system", required=True, help="GPU system: h100_sxm, h200_sxm, b200_sxm, a100_sxm")
-    p.add_argument("--total-gpus", type=_int, required=True, help="GPUs in the cluster")
     p.add_argument("--gpus-per-node", type=_int, default=None, help="default: the system's (8)")
-    p.add_argument("--isl", type=_int, required=True, help="input tokens per request")
-    p.add_argument("--osl", type=_int, required=True, help="output tokens per request")
-    p.add_argument("--ttft", type=_float, required=True, help="TTFT limit, ms")
-    p.add_argument("--tpot", type=_float, required=True, help="TPOT limit, ms")
+    p.add_argument("--isl", type=_int, help="input tokens per request")
+    p.add_argument("--osl", type=_int, help="output tokens per request")
+    p.add_argument("--ttft", type=_float, help="TTFT limit, ms")
+    p.add_argument("--tpot", type=_float, help="TPOT limit, ms")
+    p.add_argument(
+        "--import-aiconfigurator",
+        type=Path,
+        metavar="DIR",
+        default=None,
+        help="rank aiconfigurator's result (its --save-dir output) instead of sweeping: its picks, its numbers, "
+        "its winner; --model/--system/--isl/--osl (default: its experiment's) give each pick autodeploy's plan",
+    )
+    p.add_argument(
+        "--rank", type=_int, default=1, help="with --import-aiconfigurator: the pick to show as chosen"
+    )
     p.add_argument(
         "--mode", choices=("auto", "agg", "disagg"), default="auto", help="auto: both, pick the winner"
     )
@@ -100,6 +113,19 @@ def _need(args: argparse.Namespace, *names: str) -> None:
 def run_configure(args: argparse.Namespace) -> int:
     """Run the sweep and print (or save) the result; 0 even when nothing meets the SLA."""
     from automation.perfmodel.search import search
+
+    if args.import_aiconfigurator is not None:
+        return _import_aiconfigurator(args)
+    missing = [
+        f"--{n.replace('_', '-')}"
+        for n in ("model", "system", "total_gpus", "isl", "osl", "ttft", "tpot")
+        if getattr(args, n) is None
+    ]
+    if missing:
+        raise InputError(
+            f"configure needs {', '.join(missing)}",
+            hint="see autodeploy configure --help, or use --import-aiconfigurator DIR",
+        )
 
     modes = ("agg", "disagg") if args.mode == "auto" else (args.mode,)
     res = search(
@@ -231,4 +257,89 @@ def run_estimate(args: argparse.Namespace) -> int:
     for k, v in out.items():
         t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
     Console().print(t)
+    return 0
+
+
+def _import_aiconfigurator(args: argparse.Namespace) -> int:
+    """`configure --import-aiconfigurator DIR`: aiconfigurator's ranking in the shape of `configure --json`."""
+    from automation import aiconfigurator
+    from automation.perfmodel import estimate, load_model
+    from automation.perfmodel.evaluate import kv_cache_dtype
+
+    result = aiconfigurator.load(args.import_aiconfigurator)
+    chosen = result.pick("auto" if args.mode == "auto" else args.mode, args.rank)
+    experiment = result.experiment
+    model = args.model or aiconfigurator.experiment_value(experiment, "model_path", "model")
+    system = args.system or aiconfigurator.experiment_value(experiment, "system_name", "system")
+    isl = args.isl or aiconfigurator.experiment_value(experiment, "isl")
+    osl = args.osl or aiconfigurator.experiment_value(experiment, "osl")
+    planning: str | None = None
+    try:
+        arch = load_model(str(model))
+        dtype = kv_cache_dtype(arch)
+    except InputError as exc:
+        planning = f"no autodeploy plan: {exc.message}"
+
+    def describe(pick: aiconfigurator.Pick) -> dict[str, Any]:
+        extra: dict[str, Any] = {"chosen": pick is chosen}
+        if planning is None:
+            plan = aiconfigurator.to_plan(pick, result, str(model), str(system), int(isl), int(osl), dtype)
+            prediction = estimate(plan)
+            extra["plan"] = plan.to_dict()
+            extra["autodeploy"] = {
+                k: round(v, 3) if isinstance(v, float) else v for k, v in prediction.to_dict().items()
+            }
+        return extra
+
+    out = aiconfigurator.configure_json(result, describe)
+    if planning:
+        out["note"] = planning
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console() if sys.stdout.isatty() else Console(width=160)
+    con.print(
+        f"[bold]aiconfigurator result[/] {result.directory} ({result.layout} layout), {result.total_gpus} GPUs"
+    )
+    for mode in ("agg", "disagg"):
+        rows = out.get(mode) or []
+        table = Table(title=mode)
+        for column in (
+            "#",
+            "config",
+            "replicas",
+            "tok/s/gpu",
+            "tok/s/user",
+            "TTFT ms",
+            "TPOT ms",
+            "conc.",
+            "autodeploy tok/s/gpu",
+        ):
+            table.add_column(column, justify="right")
+        for row in rows:
+            ours = row.get("autodeploy", {}).get("tokens_per_s_per_gpu")
+            table.add_row(
+                f"{'→' if row['chosen'] else ''}{row['rank']}",
+                row["layout"],
+                str(row["replicas"]),
+                f"{row['tokens_per_s_per_gpu']:.1f}",
+                f"{row['tokens_per_s_per_user']:.1f}",
+                f"{row['ttft_ms']:.1f}",
+                f"{row['tpot_ms']:.2f}",
+                f"{row['concurrency']:g}",
+                "–" if ours is None else f"{ours:.1f}",
+            )
+        if rows:
+            con.print(table)
+    how = (
+        "as its result states"
+        if result.stated_winner
+        else "its rank 1 with the highest tokens/s/gpu over the cluster, as it picks"
+    )
+    con.print(f"[bold green]aiconfigurator's winner: {out['winner']}[/] ({how})")
+    if planning:
+        con.print(planning)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from automation.config import PipelineConfig
@@ -62,6 +63,32 @@ def deployed_plan(config: PipelineConfig, plan: Plan) -> Plan:
     return admit_requests(plan, wanted, chunked)
 
 
+def imported_plan(config: PipelineConfig, result: Any, pick: Any) -> Plan:
+    """An aiconfigurator pick as the plan autodeploy deploys: its layout over the whole cluster, widened to
+    admit real requests as autodeploy's own pick is (deployed_plan)."""
+    from automation import aiconfigurator
+    from automation.perfmodel import load_model
+    from automation.perfmodel.evaluate import kv_cache_dtype
+
+    arch = load_model(model_reference(config))
+    plan = aiconfigurator.to_plan(
+        pick,
+        result,
+        model_reference(config),
+        config.system,
+        config.workload.isl,
+        config.workload.osl,
+        kv_cache_dtype(arch),
+    )
+    return deployed_plan(config, plan)
+
+
+def _estimate(plan: Plan) -> Any:
+    from automation.perfmodel.evaluate import estimate
+
+    return estimate(plan)
+
+
 class Configure(Stage):
     """Sweep parallelism, batch and serving mode with the embedded model; pick the best under the SLA.
 
@@ -85,6 +112,7 @@ class Configure(Stage):
             "search": config.search.model_dump(),
             "engine": config.engine.model_dump(),
             "gpus_per_node": [node.gpus for node in config.cluster.nodes],
+            "source": config.configure.model_dump(mode="json"),
         }
 
     def run(self, ctx: StageContext) -> ConfigureOutputs:
@@ -92,6 +120,8 @@ class Configure(Stage):
         from automation.perfmodel.report import write_search_report
 
         config = ctx.config
+        if config.configure.source == "aiconfigurator":
+            return self._from_aiconfigurator(ctx)
         ctx.display.status("sweeping")
         result = search(
             model_reference(config),
@@ -146,8 +176,64 @@ class Configure(Stage):
             report_dir="configure",
         )
 
+    def _from_aiconfigurator(self, ctx: StageContext) -> ConfigureOutputs:
+        """aiconfigurator's pick (configure.mode, configure.rank) deployed over the whole cluster."""
+        from automation import aiconfigurator
+
+        config = ctx.config
+        directory = config.configure.aiconfigurator_dir
+        if directory is None:
+            ctx.display.status("running aiconfigurator cli default (20 s to minutes)")
+            directory = aiconfigurator.run_aiconfigurator(
+                config.model.hf_id,
+                config.system,
+                config.search.total_gpus or config.cluster_gpus,
+                config.workload.isl,
+                config.workload.osl,
+                config.sla.ttft_ms,
+                config.sla.tpot_ms,
+                ctx.path("configure", "aiconfigurator"),
+                ctx.log.info,
+            )
+        result = aiconfigurator.load(Path(directory))
+        pick = result.pick(config.configure.mode, config.configure.rank)
+        plan = imported_plan(config, result, pick)
+        prediction = _estimate(plan)
+        theirs = aiconfigurator.own_numbers(pick, result)
+        ctx.log.info("imported %s rank %d from %s: %s", pick.mode, pick.rank, result.directory, pick.layout())
+        ranking = aiconfigurator.configure_json(result)
+        top = {mode: list(ranking[mode]) for mode in ("agg", "disagg") if mode in ranking}
+        return ConfigureOutputs(
+            mode=plan.mode,
+            plan=plan,
+            prediction=prediction,
+            tokens_per_s_per_gpu_cluster=prediction.tokens_per_s_per_gpu
+            * plan.total_gpus
+            / (config.search.total_gpus or config.cluster_gpus),
+            winner=str(result.winner or ""),
+            top=top,
+            report_dir="configure",
+            source="aiconfigurator",
+            aiconfigurator={
+                "directory": str(result.directory),
+                "layout": result.layout,
+                "mode": pick.mode,
+                "rank": pick.rank,
+                "config": pick.layout(),
+                "winner": result.winner,
+                **theirs,
+            },
+        )
+
     def describe(self, outputs: ConfigureOutputs) -> str:
         plan, prediction = outputs.plan, outputs.prediction
+        if outputs.source == "aiconfigurator" and outputs.aiconfigurator:
+            theirs = outputs.aiconfigurator
+            return (
+                f"{plan.mode} from aiconfigurator (rank {theirs['rank']}): {plan.replicas} replica(s) of "
+                f"{plan.layout()}; aiconfigurator predicts {theirs['tokens_per_s_per_gpu']:.0f} tok/s/gpu, "
+                f"autodeploy {prediction.tokens_per_s_per_gpu:.0f}"
+            )
         return (
             f"{plan.mode}: {plan.replicas} replica(s) of {plan.layout()}; predicted "
             f"{outputs.tokens_per_s_per_gpu_cluster:.0f} tok/s/gpu, TTFT {prediction.ttft_ms:.0f} ms, "

@@ -48,6 +48,45 @@ def compare(levels: list[dict[str, Any]], plan: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def aiconfigurator_columns(
+    directory: Path, plan: Any, rows: list[dict[str, Any]], imported: dict[str, Any] | None
+) -> tuple[str, list[dict[str, Any]]]:
+    """aiconfigurator's prediction at every level beside the measurement: (what was compared, per row).
+
+    The config is the deployed one: the pick it came from when imported, else the pick (any mode, any
+    rank) whose layout is the deployed plan's, else aiconfigurator's own winner (said so). At a level its
+    files give for that layout (pareto.csv or the ranking, concurrency × replicas equal) the value is
+    exact; else its design-point value is shown, marked `design`.
+    """
+    from automation import aiconfigurator
+
+    result = aiconfigurator.load(directory)
+    pick = None
+    if imported is not None:
+        pick = result.pick(imported["mode"], int(imported["rank"]))
+        what = f"its {pick.mode} rank {pick.rank} ({pick.layout()}), the deployed config"
+    else:
+        pick = aiconfigurator.matching_pick(result, plan)
+        if pick is not None:
+            what = f"its {pick.mode} rank {pick.rank} ({pick.layout()}), the deployed config"
+        else:
+            pick = result.pick()
+            what = f"its own pick, {pick.mode} rank 1 ({pick.layout()}): it ranked no config like the deployed one"
+    columns = []
+    for row in rows:
+        found = aiconfigurator.prediction_at(result, pick, row["concurrency"])
+        assert found is not None
+        numbers, exact = found
+        entry: dict[str, Any] = {"at": "level" if exact else "design"}
+        for _, key, _, _, _ in METRICS:
+            value = numbers.get(key)
+            measured = row[f"{key}_measured"]
+            entry[key] = value
+            entry[f"{key}_error"] = measured / value - 1.0 if measured is not None and value else None
+        columns.append(entry)
+    return what, columns
+
+
 def predicted_curve(plan: Any, highest: int) -> list[dict[str, Any]]:
     """The model's prediction for the deployed plan on a fine concurrency grid up to 1.5 × highest."""
     from automation.perfmodel import predict_at_concurrency
@@ -96,6 +135,81 @@ def markdown(config: PipelineConfig, plan_text: str, rows: list[dict[str, Any]],
     return "\n".join(head + lines) + "\n"
 
 
+def aiconfigurator_markdown(compared: tuple[str, str], rows: list[dict[str, Any]]) -> str:
+    """The table of aiconfigurator's prediction against the measurement, after autodeploy's."""
+    directory, what = compared
+    lines = [
+        "",
+        "## aiconfigurator's prediction",
+        "",
+        f"From {directory}: {what}. Error = measured / aiconfigurator − 1; `*` marks its design-point value "
+        "where its files give none at that concurrency.",
+        "",
+    ]
+    columns = ["concurrency"]
+    for _, _, label, unit, _ in METRICS:
+        columns += [f"{label}{f' ({unit})' if unit else ''} aiconfigurator", "error", "autodeploy's error"]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        entry = row.get("aiconfigurator") or {}
+        mark = "" if entry.get("at") == "level" else "*"
+        cells = [str(row["concurrency"])]
+        for _, key, _, _, fmt in METRICS:
+            value = entry.get(key)
+            cells += [
+                (fmt.format(value) + mark) if value is not None else "–",
+                _percent(entry.get(f"{key}_error")),
+                _percent(row[f"{key}_error"]),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def baseline_markdown(directory: str, rows: list[dict[str, Any]]) -> str:
+    """This run against the baseline run, level by level (levels the baseline lacks say so)."""
+    lines = [
+        "",
+        "## Against the baseline",
+        "",
+        f"Baseline: {directory}. Change = this run / baseline − 1; `real` where the 90 % bootstrap interval "
+        "of the change (from both runs' per-request values) excludes 0, `noise` where it does not.",
+        "",
+    ]
+    columns = ["concurrency"]
+    for _, _, label, unit, _ in METRICS:
+        columns += [f"{label}{f' ({unit})' if unit else ''} baseline", "change"]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        entry = row.get("baseline")
+        cells = [str(row["concurrency"])]
+        for _, key, _, _, fmt in METRICS:
+            if not entry or entry.get(key) is None:
+                cells += ["not in baseline" if not entry else "–", "–"]
+                continue
+            verdict = {True: " real", False: " noise"}.get(entry.get(f"{key}_real"), " ?")
+            cells += [fmt.format(entry[key]), _percent(entry.get(f"{key}_change")) + verdict]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _level(row: dict[str, Any]) -> dict[str, Any]:
+    """One level of summary.json: measured, autodeploy's prediction, and aiconfigurator's / the baseline's
+    where the report has them."""
+    keys = [key for _, key, _, _, _ in METRICS]
+    level: dict[str, Any] = {
+        "concurrency": row["concurrency"],
+        "requests": row["requests"],
+        "errors": row["errors"],
+        "measured": {k: row[f"{k}_measured"] for k in keys},
+        "predicted": {k: row[f"{k}_predicted"] for k in keys},
+        "error": {k: row[f"{k}_error"] for k in keys},
+    }
+    for extra in ("aiconfigurator", "baseline"):
+        if extra in row:
+            level[extra] = row[extra]
+    return level
+
+
 def plot(
     rows: list[dict[str, Any]],
     frontier: list[dict[str, float]],
@@ -121,6 +235,7 @@ def plot(
         )
         measured = [r[f"{key}_measured"] for r in rows]
         ax.plot([r["concurrency"] for r in rows], measured, "o", color="tab:red", label="measured")
+        _plot_others(ax, rows, "concurrency", key)
         ax.axhline(limits[key], color="grey", ls="--", lw=1, label="SLA limit")
         ax.set_xscale("log", base=2)
         ax.set_ylim(bottom=0)
@@ -151,6 +266,7 @@ def plot(
         color="tab:red",
         label="deployed config, measured",
     )
+    _plot_others(ax, rows, "tokens_per_s_per_user", "tokens_per_s_per_gpu")
     for r in rows:
         ax.annotate(
             f"c{r['concurrency']}",
@@ -171,6 +287,26 @@ def plot(
     return [path.name]
 
 
+def _plot_others(ax: Any, rows: list[dict[str, Any]], x_key: str, y_key: str) -> None:
+    """aiconfigurator's prediction (x: at that level, +: its design point) and the baseline's measurement."""
+    for source, color, label in (
+        ("aiconfigurator", "tab:green", "aiconfigurator"),
+        ("baseline", "tab:purple", "baseline"),
+    ):
+        for exact, marker in ((True, "x"), (False, "+")):
+            points = []
+            for r in rows:
+                entry = r.get(source)
+                if not entry or (entry.get("at", "level") == "level") != exact:
+                    continue
+                x = r["concurrency"] if x_key == "concurrency" else entry.get(x_key)
+                if x is not None and entry.get(y_key) is not None:
+                    points.append((x, entry[y_key]))
+            if points:
+                suffix = "" if exact else " (design point)"
+                ax.plot(*zip(*points, strict=True), marker, color=color, ms=8, label=label + suffix)
+
+
 class Summarize(Stage):
     """Compare every measured level with the model's prediction for the deployed plan at that concurrency.
 
@@ -184,7 +320,11 @@ class Summarize(Stage):
     Outputs = SummarizeOutputs
 
     def inputs(self, config: PipelineConfig) -> Mapping[str, Any]:
-        return {"sla": config.sla.model_dump()}
+        return {
+            "sla": config.sla.model_dump(),
+            "aiconfigurator_dir": str(config.summarize.aiconfigurator_dir or ""),
+            "baseline": str(config.benchmark.baseline or ""),
+        }
 
     def run(self, ctx: StageContext) -> SummarizeOutputs:
         configure, benchmark = ctx.output(ConfigureOutputs), ctx.output(BenchmarkOutputs)
@@ -194,6 +334,8 @@ class Summarize(Stage):
             for c in benchmark.levels
         ]
         rows = compare(levels, plan)
+        compared = self._aiconfigurator(ctx, configure, rows)
+        baseline = self._baseline(ctx, benchmark, rows)
         directory = ctx.path("report")
         directory.mkdir(parents=True, exist_ok=True)
         search = ctx.run_dir / "configure" / "search.json"
@@ -202,11 +344,24 @@ class Summarize(Stage):
         )
         design = round(configure.prediction.concurrency)
         plan_text = f"{plan.mode}, {plan.replicas} replica(s) of {plan.layout()}"
-        ctx.write_text("report/summary.md", markdown(ctx.config, plan_text, rows, design))
-        ctx.write_text(
-            "report/summary.json",
-            json.dumps({"plan": plan.to_dict(), "design_concurrency": design, "rows": rows}, indent=2),
-        )
+        text = markdown(ctx.config, plan_text, rows, design)
+        if compared:
+            text += aiconfigurator_markdown(compared, rows)
+        if baseline:
+            text += baseline_markdown(baseline, rows)
+        ctx.write_text("report/summary.md", text)
+        summary = {
+            "plan": plan.to_dict(),
+            "source": configure.source,
+            "design_concurrency": design,
+            "rows": rows,
+            "levels": [_level(row) for row in rows],
+        }
+        if compared:
+            summary["aiconfigurator"] = {"directory": compared[0], "compared": compared[1]}
+        if baseline:
+            summary["baseline"] = {"directory": baseline}
+        ctx.write_text("report/summary.json", json.dumps(summary, indent=2))
         title = f"{ctx.config.name}: {plan_text}"
         curve = predicted_curve(plan, max(max(benchmark.levels), design))
         limits = {"ttft_ms": ctx.config.sla.ttft_ms, "tpot_ms": ctx.config.sla.tpot_ms}
@@ -224,6 +379,43 @@ class Summarize(Stage):
                 and at_design["tpot_ms_measured"] <= ctx.config.sla.tpot_ms
             ),
         )
+
+    def _aiconfigurator(
+        self, ctx: StageContext, configure: ConfigureOutputs, rows: list[dict[str, Any]]
+    ) -> tuple[str, str] | None:
+        """aiconfigurator's prediction into every row (row["aiconfigurator"]), when a result is at hand:
+        summarize.aiconfigurator_dir, else the one configure imported. Returns (directory, what)."""
+        imported = configure.aiconfigurator if configure.source == "aiconfigurator" else None
+        directory = ctx.config.summarize.aiconfigurator_dir or (imported or {}).get("directory")
+        if not directory:
+            return None
+        what, columns = aiconfigurator_columns(Path(directory), configure.plan, rows, imported)
+        for row, entry in zip(rows, columns, strict=True):
+            row["aiconfigurator"] = entry
+        ctx.log.info("aiconfigurator (%s): %s", directory, what)
+        return str(directory), what
+
+    def _baseline(
+        self, ctx: StageContext, benchmark: BenchmarkOutputs, rows: list[dict[str, Any]]
+    ) -> str | None:
+        """The baseline run's measurement into every row it has (row["baseline"]): benchmark.baseline."""
+        from automation.baseline import baseline_columns
+
+        directory = ctx.config.benchmark.baseline
+        if directory is None:
+            return None
+        documents = [
+            json.loads((ctx.run_dir / benchmark.files[str(c)]).read_text()) for c in benchmark.levels
+        ]
+        for row, column in zip(rows, baseline_columns(Path(directory), documents), strict=True):
+            if column["in_baseline"]:
+                entry: dict[str, Any] = {"at": "level"}
+                for _, key, _, _, _ in METRICS:
+                    entry[key] = column[f"{key}_baseline"]
+                    entry[f"{key}_change"] = column[f"{key}_change"]
+                    entry[f"{key}_real"] = column[f"{key}_real"]
+                row["baseline"] = entry
+        return str(directory)
 
     def describe(self, outputs: SummarizeOutputs) -> str:
         d = outputs.at_design

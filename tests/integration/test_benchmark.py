@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import yaml
@@ -172,6 +173,77 @@ def test_the_rehearsal_agrees_with_its_prediction(tmp_path: Path, tiny_model: Pa
         for concurrency, (tpot, per_gpu) in errors.items():
             assert abs(tpot) <= REHEARSAL_TPOT_TOLERANCE, (concurrency, errors)
             assert abs(per_gpu) <= REHEARSAL_TOKENS_PER_GPU_TOLERANCE, (concurrency, errors)
+    finally:
+        _runner(path)[0].down()
+    assert _run_processes(path) == []
+
+
+def test_a_rehearsal_planned_by_aiconfigurator_reports_three_columns(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """examples/aiconfigurator-rehearsal.yaml: aiconfigurator's committed pick (disagg 1P tp4 + 1D tp4 bs64)
+    is deployed whole (both workers placed and serving) and the report sets measured, autodeploy's
+    prediction and aiconfigurator's side by side; then a second run with another concurrency list uses
+    the first as its baseline."""
+    from tests.conftest import REPO
+    from tests.integration.conftest import DYNAMO_PYTHON
+    from tests.services import free_port
+
+    data = yaml.safe_load((REPO / "examples" / "aiconfigurator-rehearsal.yaml").read_text())
+    data["configure"]["aiconfigurator_dir"] = str(
+        REPO / "tests" / "data" / "aiconfigurator" / "qwen3-32b-fp8-h200-8gpu" / "save_dir"
+    )
+    data["model"]["path"] = str(tiny_model)
+    data["cluster"]["work_dir"] = str(tmp_path / "nodes")
+    data["dynamo"]["frontend_port"] = free_port()
+    data["infra"] = {
+        "runtime": "native",
+        "etcd_port": free_port(),
+        "etcd_peer_port": free_port(),
+        "nats_port": free_port(),
+        "nats_monitor_port": free_port(),
+    }
+    data["launch"].update(python=str(DYNAMO_PYTHON), system_port_base=free_port())
+    data["benchmark"] = {"concurrency": [1, 64], "requests_per_concurrency": 1, "warmup_per_concurrency": 0}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data))
+    runner, out = _runner(path)
+    try:
+        assert runner.run(Selection()) == 0, out.getvalue()
+        run = tmp_path / "run"
+        state = json.loads((run / "state.json").read_text())
+        configure = state["stages"]["configure"]["outputs"]
+        assert configure["source"] == "aiconfigurator" and configure["aiconfigurator"]["rank"] == 1
+        assert configure["plan"]["mode"] == "disagg" and configure["plan"]["replicas"] == 1
+        placement = json.loads((run / "generated" / "placement.json").read_text())
+        roles = sorted(worker.split("-")[0] for node in placement["nodes"] for worker in node["workers"])
+        assert roles == ["decode", "prefill"], placement  # every worker of the pick's replica
+        summary = json.loads((run / "report" / "summary.json").read_text())
+        for level in summary["levels"]:
+            theirs = level["aiconfigurator"]
+            assert (
+                theirs["tpot_ms"] > 0
+                and level["predicted"]["tpot_ms"] > 0
+                and level["measured"]["tpot_ms"] > 0
+            )
+        at = {level["concurrency"]: level["aiconfigurator"]["at"] for level in summary["levels"]}
+        assert at[64] == "level"  # its own design point: concurrency 64 over one replica
+        assert "## aiconfigurator's prediction" in (run / "report" / "summary.md").read_text()
+
+        # The same deployment measured again at other levels, against the first measurement as baseline.
+        shutil.copytree(run, tmp_path / "baseline")
+        data["benchmark"] = {
+            "concurrency": [1, 8],
+            "requests_per_concurrency": 1,
+            "warmup_per_concurrency": 0,
+            "baseline": str(tmp_path / "baseline"),
+        }
+        second = tmp_path / "second.yaml"
+        second.write_text(yaml.safe_dump(data))
+        again, out = _runner(second)
+        assert again.run(Selection(only=("benchmark", "summarize"))) == 0, out.getvalue()
+        text = (tmp_path / "run" / "report" / "summary.md").read_text()
+        assert "## Against the baseline" in text and "not in baseline" in text  # c=8 only in this run
     finally:
         _runner(path)[0].down()
     assert _run_processes(path) == []

@@ -437,6 +437,7 @@ def configure_json(
                 "rank": pick.rank,
                 "layout": pick.layout(),
                 **own_numbers(pick, result),
+                **_layout_fields(pick),
             }
             row["total_gpus"] = result.total_gpus
             if describe is not None:
@@ -465,6 +466,26 @@ def matching_pick(result: Result, plan: Plan) -> Pick | None:
         if plan.mode == "disagg" and same(pick, "prefill", "(p)") and same(pick, "decode", "(d)"):
             return pick
     return None
+
+
+def _layout_fields(pick: Pick) -> dict[str, Any]:
+    """The parallelism, batch sizes and worker counts as `configure --json` gives them (per replica)."""
+
+    def widths(prefix: str) -> dict[str, int]:
+        return {
+            "tp": int(pick.number(f"{prefix}tp", 1)),
+            "pp": int(pick.number(f"{prefix}pp", 1)),
+            "ep": int(pick.number(f"{prefix}moe_ep", 1)),
+            "attention_dp": int(pick.number(f"{prefix}dp", 1)),
+            "batch_size": int(pick.number(f"{prefix}bs", 1)),
+        }
+
+    if pick.mode == "agg":
+        return widths("")
+    return {
+        role: {**widths(prefix), "workers": int(pick.number(f"{prefix}workers", 1))}
+        for role, prefix in (("prefill", "(p)"), ("decode", "(d)"))
+    }
 
 
 def prediction_at(result: Result, pick: Pick, concurrency: float) -> tuple[dict[str, float], bool] | None:

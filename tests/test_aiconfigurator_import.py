@@ -140,6 +140,8 @@ def test_configure_import_prints_the_shape_of_configure_json() -> None:
             for key in ("tokens_per_s_per_gpu", "tokens_per_s_per_user", "ttft_ms", "tpot_ms", "concurrency"):
                 assert isinstance(row[key], float | int)
             assert row["plan"]["mode"] == mode and row["autodeploy"]["tokens_per_s_per_gpu"] > 0
+            roles = [row] if mode == "agg" else [row["prefill"], row["decode"]]
+            assert all({"tp", "pp", "ep", "attention_dp", "batch_size"} <= set(r) for r in roles)
     assert sum(row["chosen"] for mode in ("agg", "disagg") for row in out.get(mode, [])) == 1
 
 

@@ -36,18 +36,32 @@ def quadratic_grid(low: float, high: float, points: int) -> np.ndarray:
 def check_budget(role: RolePlan, isl: int) -> None:
     """Refuse a worker the mocker could never serve: it runs the engine YAML's max_num_tokens, and a budget
     below the prompt (chunked prefill off) leaves every request unscheduled, a hang without an error, on
-    every role; a disaggregated decode worker still charges the transferred prompt against it
-    (rehearsal.md §4, pitfall 3). The planner's defaults always hold a prompt (plan.max_num_tokens).
+    every role but decode, whose budget the mocker gets raised (mocker_token_budget). The planner's
+    defaults always hold a prompt (plan.max_num_tokens).
 
     Raises:
         InputError: naming the setting to change.
     """
-    if role.max_num_tokens < isl and not role.enable_chunked_prefill:
+    if mocker_token_budget(role, isl) < isl and not role.enable_chunked_prefill:
         raise InputError(
             f"engine.{role.role}.max_num_tokens {role.max_num_tokens} is below the prompt ({isl} tokens): "
             "the mocker would never schedule a request",
             hint=f"raise engine.{role.role}.max_num_tokens to at least {isl}, or enable chunked prefill",
         )
+
+
+def mocker_token_budget(role: RolePlan, isl: int) -> int:
+    """The mocker's max_num_batched_tokens for a worker: the engine YAML's, except on a disaggregated decode
+    worker, where the mocker charges each transferred prompt against the budget (rehearsal.md §4, pitfall
+    3) while TRT-LLM only receives its KV cache. There the budget is at least one prompt next to a full
+    batch, round_up(isl + max_batch_size, 32), the planner's own decode default; otherwise a small decode
+    budget (aiconfigurator writes 64) would make the mocker prefill every prompt again in 64-token chunks,
+    which a real decode worker never does."""
+    from automation.perfmodel.plan import DECODE_TOKEN_ROUND, round_up
+
+    if role.role != "decode":
+        return role.max_num_tokens
+    return max(role.max_num_tokens, int(round_up(isl + role.max_batch_size, DECODE_TOKEN_ROUND)))
 
 
 def geometric_grid(low: float, high: float, points: int) -> np.ndarray:
@@ -143,8 +157,8 @@ def mocker_config(
         "num_gpu_blocks": max(DEFAULT_GPU_BLOCKS, role.max_batch_size * blocks_per_request),
         "max_model_len": role.max_seq_len,
         "max_num_seqs": role.max_batch_size,
-        # The engine YAML's values: the mocker stands in for exactly that engine.
-        "max_num_batched_tokens": role.max_num_tokens,
+        # The engine YAML's values: the mocker stands in for exactly that engine, except where it differs.
+        "max_num_batched_tokens": mocker_token_budget(role, isl),
         # As the engine YAML's enable_block_reuse (on behind a KV-aware router).
         "enable_prefix_caching": prefix_caching,
         "enable_chunked_prefill": role.enable_chunked_prefill,

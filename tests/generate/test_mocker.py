@@ -80,8 +80,18 @@ def test_every_mocker_json_is_accepted_by_the_real_normaliser(tmp_path: Path, dy
 
 def test_a_budget_below_the_prompt_is_refused_not_raised() -> None:
     """The mocker runs the engine YAML's budget; one it could never schedule a prompt with is an error."""
-    with pytest.raises(InputError, match=r"engine.decode.max_num_tokens 64 is below the prompt"):
-        mocker_config(role("decode", batch=64, tokens=64), 4000, "mocker/decode_profile.npz")
+    with pytest.raises(InputError, match=r"engine.prefill.max_num_tokens 64 is below the prompt"):
+        mocker_config(role("prefill", batch=1, tokens=64), 4000, "mocker/prefill_profile.npz")
+
+
+def test_a_decode_worker_gets_room_for_the_transferred_prompt() -> None:
+    """TRT-LLM's decode worker only receives a prompt's KV cache, so a small budget is right for it (aiconfigurator
+    writes max_num_tokens 64); the mocker charges the prompt against the budget, so it gets one prompt next to
+    the full batch, as the planner's own default: round_up(4000 + 64, 32)."""
+    decode = mocker_config(role("decode", batch=64, tokens=64), 4000, "mocker/decode_profile.npz")
+    assert decode["engine"]["max_num_batched_tokens"] == 4064
+    bigger = mocker_config(role("decode", batch=64, tokens=8192), 4000, "mocker/decode_profile.npz")
+    assert bigger["engine"]["max_num_batched_tokens"] == 8192
     chunked = mocker_config(role("agg", batch=8, tokens=1024, chunked=True), 4000, "mocker/agg_profile.npz")
     assert chunked["engine"]["max_num_batched_tokens"] == 1024
 

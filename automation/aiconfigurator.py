@@ -488,7 +488,7 @@ def _layout_fields(pick: Pick) -> dict[str, Any]:
     }
 
 
-def prediction_at(result: Result, pick: Pick, concurrency: float) -> tuple[dict[str, float], bool] | None:
+def prediction_at(result: Result, pick: Pick, concurrency: float) -> tuple[dict[str, float], bool]:
     """aiconfigurator's numbers for the pick's layout at a cluster concurrency: a pareto.csv (or ranked)
     row of the same layout whose concurrency × replicas is that concurrency (exact: True), else the pick's
     own numbers at its design point (exact: False)."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from automation.bench.metrics import REPORTED_METRICS
 from automation.errors import InputError
 
 if TYPE_CHECKING:
@@ -41,14 +42,8 @@ CONFIDENCE = 0.90
 MIN_REQUESTS = 3
 Z90 = 1.6448536269514722  # the normal quantile of 0.95 (two-sided 90 %)
 
-# (short key as in the summarize stage's rows, measured key in a level summary, label, unit, format);
-# the short keys are the summarize stage's METRICS keys.
-METRICS = (
-    ("ttft_ms", "time_to_first_token_ms", "TTFT", "ms", "{:.1f}"),
-    ("tpot_ms", "inter_token_latency_ms", "TPOT", "ms", "{:.2f}"),
-    ("tokens_per_s_per_gpu", "tokens_per_s_per_gpu", "tokens/s/gpu", "", "{:.1f}"),
-    ("tokens_per_s_per_user", "output_token_throughput_per_user", "tokens/s/user", "", "{:.1f}"),
-)
+# (key in report rows, key in a level summary, label, unit, format): the metrics the summary reports.
+METRICS = REPORTED_METRICS
 
 SPREAD_RULE = (
     f"Δ = B/A − 1 of the level means; * = a real change: the {CONFIDENCE:.0%} bootstrap interval of "

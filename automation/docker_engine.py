@@ -110,12 +110,6 @@ class DockerEngine:
     def tag(self, image: str, target: str) -> None:
         self._docker("tag", image, target)
 
-    def untag(self, reference: str) -> None:
-        """Remove a name (the image stays while another name or a container holds it)."""
-        removed = self._docker("image", "rm", "--no-prune", reference, check=False)
-        if not removed.ok and not _missing(removed):
-            raise self._failed(f"docker image rm {reference}", removed)
-
     def push(self, reference: str) -> str:
         """Push to its registry; returns the repo digest (REPO@sha256:...)."""
         pushed = self._docker("push", "--quiet", reference, check=False, timeout=PULL_TIMEOUT_S)
@@ -159,10 +153,14 @@ class DockerEngine:
         Raises:
             StageError: the image is not on the node, or docker failed.
         """
-        found = self._docker("image", "inspect", "--format", "{{.Config.User}}", image, check=False)
-        if not found.ok:
-            raise self._failed(f"docker image inspect {image}", found)
-        return found.stdout.strip() or "root"
+        info = self.inspect_image(image)
+        if info is None:
+            raise StageError(
+                f"image {image} is not on {self.host.name}",
+                hint=f"run the build stage, or docker pull / docker load it on {self.host.name}",
+                host=self.host.name,
+            )
+        return info.user
 
     def image_present(self, image: str) -> bool:
         return self.image_id(image) is not None

@@ -81,10 +81,10 @@ def send(
             started.append(receiver)
         for chunk in source():
             for receiver in started:
-                receiver.chunks.put(chunk, timeout=_STALLED_S)
+                _hand(receiver, chunk)
             progress(len(chunk))
         for receiver in started:
-            receiver.chunks.put(None, timeout=_STALLED_S)
+            _hand(receiver, None)
         for receiver in started:
             assert receiver.thread is not None
             receiver.thread.join()
@@ -104,6 +104,18 @@ def send(
             + (f"; by hand: {by_hand}" if by_hand else ""),
             nodes=[r.name for r in failed],
         )
+
+
+def _hand(receiver: _Receiver, chunk: bytes | None) -> None:
+    """Queue a chunk for a node's load; a node that takes nothing for _STALLED_S is a one-line error."""
+    try:
+        receiver.chunks.put(chunk, timeout=_STALLED_S)
+    except queue.Full:
+        raise StageError(
+            f"{receiver.name} took no image data for {_STALLED_S:.0f} s (its docker load is stuck)",
+            hint=f"check dockerd and the disk on {receiver.name} (docker info), then rerun",
+            host=receiver.name,
+        ) from None
 
 
 def saved_image(engine: DockerEngine, image: str) -> Callable[[], Iterator[bytes]]:

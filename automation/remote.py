@@ -285,13 +285,6 @@ class Stream(ABC):
     def kill(self) -> None:
         """Stop the command now (idempotent)."""
 
-    def __enter__(self) -> Stream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is not None:
-            self.kill()
-
 
 class _ProcessStream(Stream):
     """A local child process: the command itself, or an `ssh` client running it on a node."""
@@ -667,7 +660,7 @@ class SSHHost(Host):
         with tempfile.TemporaryDirectory(prefix="autodeploy-ssh-") as scratch:
             pinned = self._pinned_known_hosts(Path(scratch))
             errors = Path(scratch) / "stderr"
-            argv = [ssh, *self._openssh_options(pinned), self.address, f"bash -c {shlex.quote(copy.command)}"]
+            argv = self._openssh_argv(ssh, pinned, copy.command)
             with errors.open("wb") as err:
                 child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
             assert child.stdin is not None
@@ -694,6 +687,10 @@ class SSHHost(Host):
             raise self._lost(doing, RuntimeError(_tail(said, 3) or "ssh exited 255")) from None
         if status != 0 or broken:
             raise RemoteCommandError(self.name, copy.what, status, _tail(said))
+
+    def _openssh_argv(self, ssh: str, pinned: Path, command: str) -> list[str]:
+        """The `ssh` command line that runs `command` under bash on this node, pinned to its verified key."""
+        return [ssh, *self._openssh_options(pinned), self.address, f"bash -c {shlex.quote(command)}"]
 
     def _openssh_options(self, pinned: Path) -> list[str]:
         options = {
@@ -769,8 +766,7 @@ class SSHHost(Host):
             return _ChannelStream(self.name, command, channel)
         scratch = tempfile.TemporaryDirectory(prefix="autodeploy-ssh-")
         pinned = self._pinned_known_hosts(Path(scratch.name))
-        argv = [self.openssh, *self._openssh_options(pinned), self.address, f"bash -c {shlex.quote(command)}"]
-        return _ProcessStream(self.name, command, argv, scratch)
+        return _ProcessStream(self.name, command, self._openssh_argv(self.openssh, pinned, command), scratch)
 
     def _pinned_known_hosts(self, directory: Path) -> Path:
         """A one-line known_hosts holding the very key this Host's own connection verified."""

@@ -5,9 +5,29 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 PERCENTILES = (50, 90, 99)
+
+
+class ReportedMetric(NamedTuple):
+    """One metric the reports set measured against predicted (summarize) or run against run (compare)."""
+
+    key: str  # the name in predictions and report rows
+    measured_key: str  # the name in a level summary (bench/c<N>.json)
+    label: str
+    unit: str
+    fmt: str
+
+
+REPORTED_METRICS = (
+    ReportedMetric("ttft_ms", "time_to_first_token_ms", "TTFT", "ms", "{:.1f}"),
+    ReportedMetric("tpot_ms", "inter_token_latency_ms", "TPOT", "ms", "{:.2f}"),
+    ReportedMetric("tokens_per_s_per_gpu", "tokens_per_s_per_gpu", "tokens/s/gpu", "", "{:.1f}"),
+    ReportedMetric(
+        "tokens_per_s_per_user", "output_token_throughput_per_user", "tokens/s/user", "", "{:.1f}"
+    ),
+)
 
 
 @dataclass

@@ -173,7 +173,6 @@ class Build(Stage):
         )
         check_tree(origin.host, tree, recipe, config.dynamo.version)
         ctx.log.info("building %s on %s with %s (%s)", image, origin.host.name, recipe.family, tree)
-        origin.image_id(image)  # the engine answers (else a clear error before a long build)
         run_build(origin.host, tree, recipe, ctx.log, ctx.display.status)
         if origin.image_id(image) is None:
             raise StageError(
@@ -282,9 +281,8 @@ class Build(Stage):
         wanted_dynamo = {config.dynamo.version, wheel_of(config.dynamo.version)}
         for where, versions in said.items():
             dynamo, trtllm = versions.get("dynamo"), versions.get("trtllm")
-            if where == "its labels" and dynamo is None:
-                pass
-            elif dynamo not in wanted_dynamo:
+            labels_silent_on_dynamo = where == "its labels" and dynamo is None
+            if not labels_silent_on_dynamo and dynamo not in wanted_dynamo:
                 raise StageError(
                     f"{image} holds Dynamo {dynamo or 'nothing'} ({where}), and dynamo.version is "
                     f"{config.dynamo.version}",

@@ -7,17 +7,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from automation.bench.metrics import REPORTED_METRICS
 from automation.config import PipelineConfig
 from automation.contracts import BenchmarkOutputs, ConfigureOutputs, SummarizeOutputs
 from automation.stage import Stage, StageContext
 
-# (measured key in a level summary, prediction field, label, unit, format)
-METRICS = (
-    ("time_to_first_token_ms", "ttft_ms", "TTFT", "ms", "{:.1f}"),
-    ("inter_token_latency_ms", "tpot_ms", "TPOT", "ms", "{:.2f}"),
-    ("tokens_per_s_per_gpu", "tokens_per_s_per_gpu", "tokens/s/gpu", "", "{:.1f}"),
-    ("output_token_throughput_per_user", "tokens_per_s_per_user", "tokens/s/user", "", "{:.1f}"),
-)
+# (prediction field, measured key in a level summary, label, unit, format)
+METRICS = REPORTED_METRICS
 
 
 def compare(levels: list[dict[str, Any]], plan: Any) -> list[dict[str, Any]]:
@@ -32,7 +28,7 @@ def compare(levels: list[dict[str, Any]], plan: Any) -> list[dict[str, Any]]:
             "requests": summary["requests"],
             "errors": summary["errors"],
         }
-        for measured_key, predicted_key, _, _, _ in METRICS:
+        for predicted_key, measured_key, _, _, _ in METRICS:
             value = summary[measured_key]
             measured = value.get("avg") if isinstance(value, dict) else value
             row[f"{predicted_key}_measured"] = measured
@@ -74,11 +70,9 @@ def aiconfigurator_columns(
             what = f"its own pick, {pick.mode} rank 1 ({pick.layout()}): it ranked no config like the deployed one"
     columns = []
     for row in rows:
-        found = aiconfigurator.prediction_at(result, pick, row["concurrency"])
-        assert found is not None
-        numbers, exact = found
+        numbers, exact = aiconfigurator.prediction_at(result, pick, row["concurrency"])
         entry: dict[str, Any] = {"at": "level" if exact else "design"}
-        for _, key, _, _, _ in METRICS:
+        for key, _, _, _, _ in METRICS:
             value = numbers.get(key)
             measured = row[f"{key}_measured"]
             entry[key] = value
@@ -118,13 +112,13 @@ def markdown(config: PipelineConfig, plan_text: str, rows: list[dict[str, Any]],
         "",
     ]
     columns = ["concurrency"]
-    for _, _key, label, unit, _ in METRICS:
+    for _key, _, label, unit, _ in METRICS:
         suffix = f" ({unit})" if unit else ""
         columns += [f"{label}{suffix} measured", "predicted", "error"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = [str(row["concurrency"])]
-        for _, key, _, _, fmt in METRICS:
+        for key, _, _, _, fmt in METRICS:
             measured = row[f"{key}_measured"]
             cells += [
                 fmt.format(measured) if measured is not None else "–",
@@ -154,7 +148,7 @@ def aiconfigurator_markdown(compared: tuple[str, str], rows: list[dict[str, Any]
         entry = row.get("aiconfigurator") or {}
         mark = "" if entry.get("at") == "level" else "*"
         cells = [str(row["concurrency"])]
-        for _, key, _, _, fmt in METRICS:
+        for key, _, _, _, fmt in METRICS:
             value = entry.get(key)
             cells += [
                 (fmt.format(value) + mark) if value is not None else "–",
@@ -182,7 +176,7 @@ def baseline_markdown(directory: str, rows: list[dict[str, Any]]) -> str:
     for row in rows:
         entry = row.get("baseline")
         cells = [str(row["concurrency"])]
-        for _, key, _, _, fmt in METRICS:
+        for key, _, _, _, fmt in METRICS:
             if not entry or entry.get(key) is None:
                 cells += ["not in baseline" if not entry else "–", "–"]
                 continue
@@ -195,7 +189,7 @@ def baseline_markdown(directory: str, rows: list[dict[str, Any]]) -> str:
 def _level(row: dict[str, Any]) -> dict[str, Any]:
     """One level of summary.json: measured, autodeploy's prediction, and aiconfigurator's / the baseline's
     where the report has them."""
-    keys = [key for _, key, _, _, _ in METRICS]
+    keys = [key for key, _, _, _, _ in METRICS]
     level: dict[str, Any] = {
         "concurrency": row["concurrency"],
         "requests": row["requests"],
@@ -410,7 +404,7 @@ class Summarize(Stage):
         for row, column in zip(rows, baseline_columns(Path(directory), documents), strict=True):
             if column["in_baseline"]:
                 entry: dict[str, Any] = {"at": "level"}
-                for _, key, _, _, _ in METRICS:
+                for key, _, _, _, _ in METRICS:
                     entry[key] = column[f"{key}_baseline"]
                     entry[f"{key}_change"] = column[f"{key}_change"]
                     entry[f"{key}_real"] = column[f"{key}_real"]
@@ -431,7 +425,7 @@ class Summarize(Stage):
         lines = []
         for row in rows:
             parts = [f"c={row['concurrency']:<4}"]
-            for _, key, label, _, fmt in METRICS:
+            for key, _, label, _, fmt in METRICS:
                 measured = row[f"{key}_measured"]
                 shown = fmt.format(measured) if measured is not None else "–"
                 parts.append(

@@ -5,6 +5,8 @@ VENV ?= .venv
 STAMP := $(VENV)/.bootstrapped
 DYNAMO_VENV ?= .venv-dynamo
 DYNAMO_STAMP := $(DYNAMO_VENV)/.dynamo-1.6.1
+AIPERF_VENV ?= .venv-aiperf
+AIPERF_STAMP := $(AIPERF_VENV)/.aiperf-0.13.0
 
 .PHONY: demo container-rehearsal test test-unit test-conformance lint bootstrap clean
 
@@ -15,6 +17,10 @@ $(STAMP): pyproject.toml scripts/bootstrap.sh scripts/system-packages.txt
 # Dynamo (frontend + mocker) for the rehearsal and the integration tests, in its own venv.
 $(DYNAMO_STAMP): scripts/install-dynamo.sh
 	scripts/install-dynamo.sh $(DYNAMO_VENV)
+
+# aiperf (benchmark.client: aiperf) for tests/integration/test_aiperf_client.py, in its own venv.
+$(AIPERF_STAMP): scripts/install-aiperf.sh
+	scripts/install-aiperf.sh $(AIPERF_VENV)
 
 bootstrap: $(STAMP) $(DYNAMO_STAMP)
 
@@ -38,7 +44,7 @@ container-rehearsal: $(STAMP) $(DYNAMO_STAMP) $(REHEARSAL_MODEL)/config.json
 	ip netns exec adr-ctl $(VENV)/bin/autodeploy run examples/container-rehearsal.yaml
 	@echo "Stop it with: ip netns exec adr-ctl $(VENV)/bin/autodeploy down examples/container-rehearsal.yaml && scripts/rehearsal-nodes.sh down"
 
-test: $(STAMP) $(DYNAMO_STAMP)
+test: $(STAMP) $(DYNAMO_STAMP) $(AIPERF_STAMP)
 	$(VENV)/bin/ruff check automation tests
 	$(VENV)/bin/ruff format --check automation tests
 	$(VENV)/bin/mypy

@@ -121,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(func=_export)
 
+    report = commands.add_parser(
+        "report",
+        help="write a run's report/ again from what its run directory records",
+        description="write RUN_DIR/report/ (summary.md, summary.json, the plots) again from the run's "
+        "records alone (state.json, pipeline.resolved.yaml, bench/, configure/), exactly as the "
+        "summarize stage writes it; the deployment and the network are not touched",
+        parents=[common],
+    )
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
+    report.set_defaults(func=_report)
+
     _add_perfmodel_commands(commands, common)
     return parser
 
@@ -303,6 +314,16 @@ def _export(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     _console().line(f"✓ {len(result.rows)} row(s) ({args.format}) written to {result.path}")
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from automation import report
+    from automation.stages.summarize import write_report
+
+    record = report.read_run(args.run_dir)
+    written = write_report(record, report.run_dir_writer(record))
+    _console().line(f"✓ {args.run_dir}: {', '.join(written.files)}")
     return EXIT_OK
 
 

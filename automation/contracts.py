@@ -233,10 +233,16 @@ class LaunchOutputs(StageOutputs):
 class BenchmarkOutputs(StageOutputs):
     stage: ClassVar[str] = "benchmark"
 
-    levels: list[int] = Field(description="the concurrency levels measured")
-    files: dict[str, str] = Field(description="the level file of each level, by level")
+    levels: list[int] = Field(description="the concurrency levels measured (closed loop)")
+    names: list[str] = Field(
+        default_factory=list, description="every level measured, in order: c<N>, or r<rate> (request rate)"
+    )
+    files: dict[str, str] = Field(
+        description="the level file of each level that passed, by concurrency (or r<rate>), in order"
+    )
     gpus: int = Field(description="GPUs of the deployed plan (tokens/s/gpu divides by them)")
     deployment: str = Field(description="the identity of the deployment that was measured")
+    stopped: str | None = Field(None, description="why the sweep ended before its last level, if it did")
 
 
 # ------------------------------------------------------------------------------------------ summarize

@@ -42,6 +42,11 @@ class RequestRecord:
     output_tokens: int = 0
     input_tokens: int = 0
     error: str | None = None
+    # Prompt tokens the server says it served from its prefix cache (usage.prompt_tokens_details);
+    # None when the server did not say.
+    cached_tokens: int | None = None
+    # Request rate mode: when the schedule wanted the request sent (the start is when it was sent).
+    scheduled: float | None = None
 
     @property
     def ttft_ms(self) -> float | None:
@@ -84,13 +89,48 @@ def stats(values: Sequence[float]) -> dict[str, float]:
     return out
 
 
-def summarize(records: Sequence[RequestRecord], concurrency: int, gpus: int) -> dict[str, Any]:
+def goodput(
+    good: Sequence[RequestRecord],
+    measured: int,
+    duration_s: float,
+    ttft_limit_ms: float,
+    tpot_limit_ms: float,
+) -> dict[str, Any]:
+    """Requests that met both SLA limits (TTFT ≤ limit and TPOT ≤ limit; a failed request never does).
+
+    share = meeting / measured requests; rate_per_s = meeting / benchmark duration (aiperf's goodput
+    is the same rate, with the limits given as --goodput constraints).
+    """
+    meeting = sum(
+        1
+        for r in good
+        if r.ttft_ms is not None
+        and r.ttft_ms <= ttft_limit_ms
+        and (r.itl_ms if r.itl_ms is not None else 0.0) <= tpot_limit_ms
+    )
+    return {
+        "requests": meeting,
+        "share": meeting / measured if measured else 0.0,
+        "rate_per_s": meeting / duration_s if duration_s > 0 else 0.0,
+        "ttft_limit_ms": ttft_limit_ms,
+        "tpot_limit_ms": tpot_limit_ms,
+    }
+
+
+def summarize(
+    records: Sequence[RequestRecord],
+    concurrency: int,
+    gpus: int,
+    sla: tuple[float, float] | None = None,
+) -> dict[str, Any]:
     """The level's metrics over the measured (non-warm-up) requests.
 
     benchmark_duration = last response − first request start (warm-up excluded);
     output_token_throughput = total output tokens / duration;
     output_token_throughput_per_user = mean over requests of 1 / ITL;
-    tokens_per_s_per_gpu = output_token_throughput / GPUs serving.
+    tokens_per_s_per_gpu = output_token_throughput / GPUs serving;
+    goodput (with `sla` = (TTFT limit, TPOT limit) in ms): see goodput();
+    cached_tokens.client: prompt tokens the server reported as served from cache (None: never said).
     """
     measured = [r for r in records if not r.warmup]
     ends = {r.index: r.end for r in measured if r.error is None and r.end is not None}
@@ -100,7 +140,8 @@ def summarize(records: Sequence[RequestRecord], concurrency: int, gpus: int) -> 
     total_output = sum(r.output_tokens for r in good)
     itls = [r.itl_ms for r in good if r.itl_ms]
     throughput = total_output / duration if duration > 0 else 0.0
-    return {
+    reported = [r.cached_tokens for r in measured if r.cached_tokens is not None]
+    out: dict[str, Any] = {
         "concurrency": concurrency,
         "requests": len(measured),
         "errors": len(errors),
@@ -115,4 +156,9 @@ def summarize(records: Sequence[RequestRecord], concurrency: int, gpus: int) -> 
         "output_token_throughput_per_user": stats([1000.0 / v for v in itls]).get("avg", 0.0),
         "request_throughput": len(good) / duration if duration > 0 else 0.0,
         "tokens_per_s_per_gpu": throughput / gpus if gpus else 0.0,
+        "input_sequence_length": stats([float(r.input_tokens) for r in good if r.input_tokens]),
+        "cached_tokens": {"client": sum(reported) if reported else None},
     }
+    if sla is not None:
+        out["goodput"] = goodput(good, len(measured), duration, *sla)
+    return out

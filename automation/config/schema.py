@@ -35,6 +35,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 VERSIONS_FILE = PACKAGE_DIR / "data" / "versions.yaml"
 
 PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
 # Values that reach node scripts, file names and URLs (names.py says why each shape).
@@ -415,8 +416,48 @@ class Benchmark(Strict):
     warmup_per_concurrency: int = Field(
         1, ge=0, description="Warm-up requests per level = this × concurrency (excluded from statistics)."
     )
-    client: Literal["builtin", "aiperf"] = Field("builtin", description="Benchmark client.")
-    seed: int = Field(0, description="Seed for prompt generation.")
+    client: Literal["builtin", "aiperf", "both"] = Field(
+        "builtin",
+        description="Who sends the load: the built-in client, aiperf (`aiperf profile` per level), or both "
+        "one after the other on every level (the report shows their difference).",
+    )
+    aiperf_bin: str | None = Field(
+        None, description="The aiperf executable (default: `aiperf` on PATH or beside autodeploy's Python)."
+    )
+    warmup: Literal["burst", "steady"] = Field(
+        "burst",
+        description="burst: every user's warm-up ends, then all start the measured phase at once (aiperf's "
+        "method, and the seed guide's N×10 rule: the first batch queues); steady: each user goes on when its "
+        "warm-up ends, so the window starts in the steady state. See docs/benchmark.md.",
+    )
+    mode: Literal["concurrency", "request_rate"] = Field(
+        "concurrency",
+        description="concurrency: c users in a closed loop per level; request_rate: Poisson arrivals at "
+        "each of request_rates.",
+    )
+    request_rates: Literal["auto"] | list[PositiveFloat] = Field(
+        "auto",
+        description="Requests per second per level (mode: request_rate); auto = 25/50/75/100 % of the "
+        "request rate predicted at the design concurrency.",
+    )
+    endpoint: Literal["completions", "chat"] = Field(
+        "completions",
+        description="/v1/completions, or /v1/chat/completions (the chat template adds prompt tokens; the "
+        "report says how many).",
+    )
+    client_processes: Literal["auto"] | PositiveInt = Field(
+        "auto",
+        description="Processes of the built-in client; auto = enough for the level's predicted token rate "
+        "(docs/client-capacity.md), at most the CPU count.",
+    )
+    max_error_share: float = Field(
+        0.05, ge=0, le=1, description="A level with a larger share of failed requests ends the sweep."
+    )
+    stop_ttft_factor: float = Field(
+        10.0, gt=1, description="A level whose mean TTFT exceeds this × sla.ttft_ms ends the sweep."
+    )
+    telemetry: bool = Field(True, description="Sample nvidia-smi on every node during each level.")
+    seed: int = Field(0, description="Seed for prompt generation (each level derives its own).")
     baseline: LocalPath | None = Field(
         None,
         description="A finished run directory whose measured levels the summary shows beside this run's "
@@ -424,10 +465,19 @@ class Benchmark(Strict):
     )
     request_timeout_s: float = Field(600.0, gt=0, description="Seconds before one request counts as failed.")
 
-    @field_validator("concurrency")
+    @field_validator("concurrency", "request_rates")
     @classmethod
-    def _sorted_unique(cls, value: Literal["auto"] | list[int]) -> Literal["auto"] | list[int]:
+    def _sorted_unique(cls, value: Any) -> Any:
         return value if value == "auto" else sorted(set(value))
+
+    @model_validator(mode="after")
+    def _aiperf_measures_bursts(self) -> Benchmark:
+        if self.client in ("aiperf", "both") and self.warmup == "steady":
+            raise ValueError(
+                "aiperf's measured phase starts only after its warm-up has ended (a burst): with "
+                f"client: {self.client} set warmup: burst, or use client: builtin for warmup: steady"
+            )
+        return self
 
 
 # Kubernetes' resource.Quantity syntax (the pattern the Dynamo CRDs carry for sizes), without a sign.

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from automation.pipeline import Selection
@@ -32,6 +33,18 @@ def test_the_whole_pipeline_measures_and_compares(tmp_path: Path, tiny_model: Pa
             assert request["input_tokens"] == 200  # exactly ISL, as the server's tokenizer counts
             assert request["output_tokens"] == 16  # exactly OSL (ignore_eos, min_tokens)
         assert level["summary"]["requests"] == 6 and level["summary"]["errors"] == 0
+        # The server's own count over the measured window (burst: nothing else in flight): exactly
+        # the measured requests, and its mean TTFT and ITL beside the client's.
+        server = level["server"]
+        assert server["requests"] == 6 and server["exact_window"] is True, server
+        assert server["ttft_ms"] > 0 and server["itl_ms"] > 0
+        assert abs(server["gaps"]["itl"]) < 0.10, server
+        assert server["inflight_max"] is None or server["inflight_max"] <= 3
+        # No prompt token came from a cache, by the client's usage and by the server's counter.
+        assert level["summary"]["cached_tokens"] == {"client": 0, "server": 0, "reused": False}
+        assert level["method"]["warmup"] == "burst" and level["client"]["name"] == "builtin"
+        assert level["telemetry"] == {"absent": "no nvidia-smi GPUs on node0"}
+        assert level["summary"]["goodput"]["share"] == 1.0  # the test's SLA is loose
         report = tmp_path / "run" / "report"
         rows = json.loads((report / "summary.json").read_text())["rows"]
         assert [r["concurrency"] for r in rows] == [1, 3]
@@ -247,3 +260,105 @@ def test_a_rehearsal_planned_by_aiconfigurator_reports_three_columns(
     finally:
         _runner(path)[0].down()
     assert _run_processes(path) == []
+
+
+def test_a_sweep_past_its_limit_stops_and_keeps_what_it_measured(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep's real stop rule, judged against a TTFT limit of 0.01 ms instead of the deployed SLA's
+    (configure needs a feasible SLA): the first level ends the sweep, and summarize reports it."""
+    from automation.bench import sweep
+
+    judged = sweep.stop_reason
+    monkeypatch.setattr(
+        sweep, "stop_reason", lambda document, ttft, bench: judged(document, 0.01, bench)
+    )
+    path = _pipeline(tmp_path, tiny_model, name="earlystop")
+    data = yaml.safe_load(path.read_text())
+    data["workload"] = {"isl": 100, "osl": 8}
+    data["benchmark"] = {"concurrency": [1, 2, 4], "requests_per_concurrency": 2}
+    path.write_text(yaml.safe_dump(data))
+    runner, out = _runner(path)
+    try:
+        assert runner.run(Selection()) == 0, out.getvalue()
+        outputs = load_state(runner.state_path).stages["benchmark"].outputs  # type: ignore[union-attr]
+        assert outputs["names"] == ["c1"] and outputs["levels"] == [1]  # type: ignore[index]
+        assert "mean TTFT" in outputs["stopped"] and "over 10 ×" in outputs["stopped"]  # type: ignore[index]
+        assert not (tmp_path / "run" / "bench" / "c2.json").exists()
+        assert "stopped" in json.loads((tmp_path / "run" / "bench" / "c1.json").read_text())
+        summary = json.loads((tmp_path / "run" / "report" / "summary.json").read_text())
+        assert [level["concurrency"] for level in summary["levels"]] == [1]
+        assert summary["stopped"]["reason"] == outputs["stopped"]  # type: ignore[index]
+    finally:
+        _runner(path)[0].down()
+    assert _run_processes(path) == []
+
+
+def test_poisson_arrivals_on_the_chat_endpoint_from_two_processes(tmp_path: Path, tiny_model: Path) -> None:
+    """benchmark.mode: request_rate against the real frontend: every request leaves when the schedule
+    says (from two client processes), and the chat template's extra prompt tokens are counted."""
+    from automation.bench.sweep import poisson_arrivals
+
+    path = _pipeline(tmp_path, tiny_model, name="rate")
+    data = yaml.safe_load(path.read_text())
+    data["workload"] = {"isl": 100, "osl": 8}
+    data["benchmark"] = {
+        "mode": "request_rate",
+        "request_rates": [5.0],
+        "endpoint": "chat",
+        "client_processes": 2,
+        "requests_per_concurrency": 20,
+    }
+    path.write_text(yaml.safe_dump(data))
+    runner, out = _runner(path)
+    try:
+        assert runner.run(Selection()) == 0, out.getvalue()
+        outputs = load_state(runner.state_path).stages["benchmark"].outputs  # type: ignore[union-attr]
+        assert outputs["names"] == ["r5"] and outputs["files"] == {"r5": "bench/r5.json"}  # type: ignore[index]
+        level = json.loads((tmp_path / "run" / "bench" / "r5.json").read_text())
+    finally:
+        _runner(path)[0].down()
+    assert _run_processes(path) == []
+    requests = sorted(level["requests"], key=lambda r: r["index"])
+    assert level["client"]["processes"] == 2 and all(r["error"] is None for r in requests)
+    schedule = poisson_arrivals(5.0, len(requests), level["method"]["seed"])
+    base = requests[0]["scheduled"] - schedule[0]
+    for request, due in zip(requests, schedule, strict=True):
+        assert request["scheduled"] == pytest.approx(base + due, abs=1e-6)  # the seeded schedule
+        assert 0 <= request["start"] - request["scheduled"] < 0.05  # sent on time, to 50 ms
+    assert level["summary"]["schedule_lag_ms"]["max"] < 50
+    assert level["method"]["endpoint"] == "chat" and level["method"]["chat_template_tokens"] > 0
+    assert all(r["input_tokens"] == 100 + level["method"]["chat_template_tokens"] for r in requests)
+
+
+def test_both_clients_measure_each_level_and_the_report_shows_their_difference(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    from tests.integration.test_aiperf_client import AIPERF
+    from tests.services import require
+
+    require(AIPERF.exists(), f"{AIPERF} is missing: run scripts/install-aiperf.sh (make test does)")
+    path = _pipeline(tmp_path, tiny_model, name="bothclients")
+    data = yaml.safe_load(path.read_text())
+    data["workload"] = {"isl": 64, "osl": 8}
+    data["benchmark"] = {
+        "concurrency": [2],
+        "requests_per_concurrency": 3,
+        "client": "both",
+        "aiperf_bin": str(AIPERF),
+    }
+    path.write_text(yaml.safe_dump(data))
+    runner, out = _runner(path)
+    try:
+        assert runner.run(Selection()) == 0, out.getvalue()
+        level = json.loads((tmp_path / "run" / "bench" / "c2.json").read_text())
+    finally:
+        _runner(path)[0].down()
+    assert _run_processes(path) == []
+    theirs = level["clients"]["aiperf"]
+    assert theirs["client"]["version"] == "0.13.0" and theirs["summary"]["requests"] == 6
+    assert (tmp_path / "run" / theirs["artifacts"]).is_dir()
+    assert set(theirs["difference"]) == {"ttft_ms", "tpot_ms", "output_token_throughput"}
+    assert theirs["server"]["requests"] == 8  # aiperf's window: its 2 warm-up and 6 measured requests
+    assert level["server"]["requests"] == 6  # the built-in client's: the measured ones
+    assert "aiperf" in (tmp_path / "run" / "report" / "summary.md").read_text()

@@ -159,7 +159,8 @@ def test_the_command_for_a_rate_for_chat_and_without_warmup() -> None:
     assert flags["--concurrency"] == "16"  # the cap on requests in flight
     assert "--warmup-request-count" not in flags and flags["--num-dataset-entries"] == "160"
     chat = _flags(aiperf_command(**{**ARGS, "endpoint": "chat"}))  # type: ignore[arg-type]
-    assert chat["--endpoint-type"] == "chat" and "--apply-chat-template" in chat
+    # the same user message as the built-in client's, the chat template's tokens on top
+    assert chat["--endpoint-type"] == "chat" and "--apply-chat-template" not in chat
 
 
 def _executable(path: Path, text: str) -> Path:

@@ -190,3 +190,15 @@ def test_telemetry_samples_nodes_with_gpus_and_names_nodes_without(
     assert summary["mem_max_mb"] == 71000 and summary["power_mean_w"] == pytest.approx(645.25, abs=5.3)
     lines = telemetry.to_csv().splitlines()
     assert lines[0] == "t_s,node,gpu,util_pct,mem_used_mb,power_w" and len(lines) == len(telemetry.rows) + 1
+
+
+def test_the_gauge_sampler_reads_only_the_queue_and_in_flight_lines() -> None:
+    text = METRICS.replace(
+        'dynamo_frontend_queued_requests{model="Qwen/Qwen3-32B-FP8"} 0',
+        'dynamo_frontend_queued_requests{model="Qwen/Qwen3-32B-FP8"} 3',
+    )
+    assert server_metrics.gauges(text, MODEL) == (3.0, 0.0)
+    taken = server_metrics.snapshot(text, MODEL)
+    assert taken is not None and (taken.values["queued"], taken.values["inflight"]) == (3.0, 0.0)
+    assert server_metrics.gauges(text, "another/model") is None
+    assert server_metrics.gauges("up 1\n", None) is None

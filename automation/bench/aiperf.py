@@ -173,10 +173,9 @@ def aiperf_command(
         command += ["--warmup-request-count", str(warmup)]
     if request_rate is not None:
         command += ["--request-rate", f"{request_rate:g}", "--arrival-pattern", "poisson"]
-    if endpoint == "chat":
-        # The server wraps the message in the chat template; this shortens the synthetic text so that the
-        # templated prompt the engine prefills is `isl` tokens (and counts it that way).
-        command.append("--apply-chat-template")
+    # Chat: `isl` tokens of user message, the server's chat template on top, as the built-in client sends
+    # (no --apply-chat-template, which would shorten the message by the template's tokens): both clients
+    # send the same prompt shape, and the report says how many tokens the template added.
     return command
 
 

@@ -40,8 +40,25 @@ class PromptMaker:
         Raises:
             StageError: the tokenizer never round-trips to exactly isl tokens.
         """
-        rng = random.Random(self.seed * 1_000_003 + index)
-        ids = [rng.choice(self.ids) for _ in range(self.isl)]
+        return self.make_many([index])[0]
+
+    def make_many(self, indices: list[int]) -> list[str]:
+        """The prompts of many requests at once: the tokenizer decodes and re-encodes them in one batch
+        each (in Rust, on every core), which makes a level's prompts ~10× faster than one by one.
+
+        Raises:
+            StageError: the tokenizer never round-trips to exactly isl tokens.
+        """
+        rngs = [random.Random(self.seed * 1_000_003 + index) for index in indices]
+        drafts = [rng.choices(self.ids, k=self.isl) for rng in rngs]
+        texts = [str(t) for t in self.tokenizer.decode_batch(drafts, skip_special_tokens=True)]
+        counts = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+        prompts = []
+        for rng, ids, text, count in zip(rngs, drafts, texts, counts, strict=True):
+            prompts.append(text if len(count.ids) == self.isl else self._repair(rng, ids))
+        return prompts
+
+    def _repair(self, rng: random.Random, ids: list[int]) -> str:
         for _ in range(ATTEMPTS):
             text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
             count = self._count(text)
@@ -53,7 +70,7 @@ class PromptMaker:
                 (k for k, (a, b) in enumerate(zip(ids, count, strict=False)) if a != b),
                 min(len(ids), len(count)),
             )
-            ids = ids[:agree] + [rng.choice(self.ids) for _ in range(self.isl - agree)]
+            ids = ids[:agree] + rng.choices(self.ids, k=self.isl - agree)
         raise StageError(
             f"could not build a prompt of exactly {self.isl} tokens with the model's tokenizer",
             hint="check that model.path holds the served model's tokenizer.json",

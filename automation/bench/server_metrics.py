@@ -94,6 +94,33 @@ def snapshot(text: str, model: str | None) -> Snapshot | None:
     )
 
 
+def gauges(text: str, model: str | None) -> tuple[float, float] | None:
+    """(queued, in flight) from one scrape, reading only those lines.
+
+    The sampler runs beside the built-in client, in its process: a full parse of the ~90 KB exposition
+    holds the GIL ~6 ms, long enough to jitter the client's sends; this scan takes a fraction of that.
+    """
+    found: dict[str, float] = {}
+    for prefix in PREFIXES:
+        for key, suffix in GAUGES.items():
+            name = f"{prefix}_{suffix}"
+            at = text.find("\n" + name)
+            while at >= 0:
+                end = text.find("\n", at + 1)
+                line = text[at + 1 : end if end >= 0 else None]
+                samples = parse_exposition(line)
+                if (
+                    samples
+                    and samples[0][0] == name
+                    and (model is None or samples[0][1].get("model", model) == model)
+                ):
+                    found[key] = found.get(key, 0.0) + samples[0][2]
+                at = text.find("\n" + name, at + 1)
+        if found:
+            return found.get("queued", 0.0), found.get("inflight", 0.0)
+    return None
+
+
 def fetch(url: str, timeout_s: float = 5.0) -> str:
     """GET <frontend>/metrics."""
     with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=timeout_s) as response:
@@ -118,11 +145,11 @@ class GaugeSampler:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                taken = snapshot(fetch(self.url, timeout_s=self.interval_s * 4), self.model)
+                taken = gauges(fetch(self.url, timeout_s=self.interval_s * 4), self.model)
             except (OSError, ValueError):
                 continue
             if taken is not None:
-                self.samples.append((taken.values["queued"], taken.values["inflight"]))
+                self.samples.append(taken)
 
     def stop(self) -> tuple[float | None, float | None]:
         """(max queued, max in flight) seen while it ran."""

@@ -18,9 +18,12 @@ from automation.bench.client import LevelRun, LoadPlan, run_level
 from automation.bench.metrics import RequestRecord, summarize
 from automation.bench.telemetry import GpuTelemetry
 
-# Tokens/s one built-in client process parses with its ITL within 2 % of the server's, halved for margin
-# (tests/perf/bench_client_capacity.py, docs/client-capacity.md).
-CLIENT_TOKENS_PER_S_PER_PROCESS = 20_000.0
+# Tokens/s one built-in client process parses with its ITL within 2 % of the server's (~36,000 on one core
+# here), halved for shared hosts and run-to-run spread; and users per process, beyond which a burst's
+# first-token stamps grow late (0.4-0.9 ms per user). tests/perf/bench_client_capacity.py,
+# docs/client-capacity.md.
+CLIENT_TOKENS_PER_S_PER_PROCESS = 18_000.0
+CLIENT_USERS_PER_PROCESS = 256
 # request_rates: auto, as shares of the request rate predicted at the design concurrency.
 AUTO_RATE_SHARES = (0.25, 0.5, 0.75, 1.0)
 
@@ -116,8 +119,12 @@ def client_processes(setting: Any, spec: LevelSpec) -> int:
     """auto: enough processes for the level's predicted token rate, within the CPUs and the users."""
     if setting != "auto":
         return int(setting)
-    wanted = math.ceil(spec.expected_tokens_per_s / CLIENT_TOKENS_PER_S_PER_PROCESS)
-    return max(1, min(wanted, os.cpu_count() or 1, spec.concurrency if spec.rate_per_s is None else wanted))
+    wanted = max(
+        math.ceil(spec.expected_tokens_per_s / CLIENT_TOKENS_PER_S_PER_PROCESS),
+        math.ceil(spec.concurrency / CLIENT_USERS_PER_PROCESS),
+    )
+    users = spec.concurrency if spec.rate_per_s is None else wanted
+    return max(1, min(wanted, os.cpu_count() or 1, users))
 
 
 @dataclass
@@ -181,9 +188,10 @@ def _builtin(
     """The built-in client on one level: (level summary with the server's window, records, client)."""
     from automation.bench.prompts import PromptMaker
 
+    started = time.perf_counter()  # the client's cost includes making its prompts, as aiperf's does
     maker = PromptMaker(ctx.tokenizer_json, ctx.isl, seed=spec.seed)
     total = spec.warmup + spec.measured
-    prompts = [maker.make(i) for i in range(total)]
+    prompts = maker.make_many(list(range(total)))
     arrivals = None
     if spec.rate_per_s is not None:
         arrivals = poisson_arrivals(spec.rate_per_s, total, spec.seed)
@@ -205,6 +213,7 @@ def _builtin(
         run: LevelRun = run_level(
             plan, prompts, on_done=ctx.on_progress("requests", total), on_window=window.open
         )
+        wall = time.perf_counter() - started
         more = min(
             processes * 2, os.cpu_count() or 1, spec.concurrency if arrivals is None else processes * 2
         )
@@ -221,6 +230,9 @@ def _builtin(
         "version": _autodeploy_version(),
         "processes": run.health.processes,
         "saturation": run.health.to_dict(),
+        # The client's own cost of a level: its wall time beyond the span its requests took.
+        "wall_s": wall,
+        "span_s": _span(run.records),
     }
     return summary, run.records, client
 
@@ -240,7 +252,8 @@ def _aiperf(ctx: LevelContext, spec: LevelSpec) -> tuple[dict[str, Any], list[Re
         tokenizer=str(ctx.tokenizer_dir),
         isl=ctx.isl,
         osl=ctx.osl,
-        concurrency=spec.concurrency,
+        # Request rate: no cap below the schedule (the built-in client has none either).
+        concurrency=spec.concurrency if spec.rate_per_s is None else spec.measured + spec.warmup,
         requests=spec.measured,
         warmup=spec.warmup,
         seed=spec.seed,
@@ -263,8 +276,15 @@ def _aiperf(ctx: LevelContext, spec: LevelSpec) -> tuple[dict[str, Any], list[Re
         "saturation": None,
         "artifacts": str(artifacts.relative_to(ctx.directory.parent)),
         "wall_s": level.wall_s,
+        "span_s": _span(every),
     }
     return summary, level.records, client
+
+
+def _span(records: Sequence[RequestRecord]) -> float:
+    """First request start to last response, warm-up included (s)."""
+    ends = [r.end for r in records if r.end is not None]
+    return max(ends) - min(r.start for r in records) if ends else 0.0
 
 
 def _autodeploy_version() -> str:

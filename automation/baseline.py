@@ -88,19 +88,9 @@ def load_run(run_dir: Path) -> Run:
         InputError: the path is not a run directory (no state.json), a level file is unreadable, or no
             level has been measured yet.
     """
-    from automation.state import STATE_FILE, load_state
+    from automation.state import load_run_directory
 
-    if not run_dir.is_dir():
-        raise InputError(
-            f"{run_dir}: no such run directory",
-            hint="pass a run directory, e.g. autodeploy-runs/<name> (autodeploy status lists them)",
-        )
-    state = load_state(run_dir / STATE_FILE)
-    if state is None:
-        raise InputError(
-            f"{run_dir}: not a run directory (no {STATE_FILE})",
-            hint="pass the directory a run wrote, e.g. autodeploy-runs/<name> (autodeploy status lists them)",
-        )
+    state = load_run_directory(run_dir)
     levels: dict[int, Level] = {}
     skipped: list[str] = []
     bench = run_dir / "bench"

@@ -96,19 +96,9 @@ def read_run(run_dir: Path) -> RunRecord:
     """
     from automation.config import load_pipeline
     from automation.contracts import BenchmarkOutputs, CheckpointOutputs, ConfigureOutputs
-    from automation.state import STATE_FILE, load_state
+    from automation.state import STATE_FILE, load_run_directory
 
-    if not run_dir.is_dir():
-        raise InputError(
-            f"{run_dir}: no such run directory",
-            hint="pass a run directory, e.g. autodeploy-runs/<name> (autodeploy status lists them)",
-        )
-    state = load_state(run_dir / STATE_FILE)
-    if state is None:
-        raise InputError(
-            f"{run_dir}: not a run directory (no {STATE_FILE})",
-            hint="pass the directory a run wrote, e.g. autodeploy-runs/<name> (autodeploy status lists them)",
-        )
+    state = load_run_directory(run_dir)
     benchmark_raw = _finished_outputs(run_dir, state, "benchmark")
     configure_raw = _finished_outputs(run_dir, state, "configure")
     resolved = run_dir / "pipeline.resolved.yaml"

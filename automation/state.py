@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from automation import __version__
-from automation.errors import StateError
+from automation.errors import InputError, StateError
 
 SCHEMA_VERSION = 2  # 2: run_uid
 STATE_FILE = "state.json"
@@ -70,6 +70,27 @@ class RunState(BaseModel):
 
 def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def load_run_directory(run_dir: Path) -> RunState:
+    """The state of a finished or running run directory, for commands that read one (report, compare).
+
+    Raises:
+        InputError: the path is not a directory, or holds no state file.
+        StateError: the state file is unreadable (see load_state).
+    """
+    if not run_dir.is_dir():
+        raise InputError(
+            f"{run_dir}: no such run directory",
+            hint="pass a run directory, e.g. autodeploy-runs/<name> (autodeploy status lists them)",
+        )
+    state = load_state(run_dir / STATE_FILE)
+    if state is None:
+        raise InputError(
+            f"{run_dir}: not a run directory (no {STATE_FILE})",
+            hint="pass the directory a run wrote, e.g. autodeploy-runs/<name> (autodeploy status lists them)",
+        )
+    return state
 
 
 def load_state(path: Path) -> RunState | None:

@@ -34,6 +34,19 @@ GAUGES = {"queued": "queued_requests", "inflight": "inflight_requests"}
 # send, HTTP parsing: 1-3 ms measured on loopback), which is a large share of a tiny test TTFT only.
 GAP_LIMIT = 0.10
 GAP_FLOOR_MS = {"ttft": 5.0, "itl": 0.5}
+# The likely cause of a gap, by metric and by sign (client above the server: True).
+GAP_CAUSES = {
+    "ttft": {
+        True: "the client's clock starts before the request reaches the frontend (connect, send) or the "
+        "client read the first token late (saturated client)",
+        False: "the server's window holds requests the client did not measure (warm-up or another client)",
+    },
+    "itl": {
+        True: "the client reads tokens later than the server sends them (saturated client, or the server "
+        "sends several tokens in one event)",
+        False: "the client's ITL divides by output tokens, the server's by the events it sent",
+    },
+}
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -234,28 +247,15 @@ def _flags(
                 else "another client was sending to this frontend"
             )
         )
-    ttft_gap, itl_gap = gaps["ttft"], gaps["itl"]
-    if (
-        ttft_gap is not None
-        and abs(ttft_gap) > GAP_LIMIT
-        and abs((client_ttft or 0.0) - (server_ttft or 0.0)) > GAP_FLOOR_MS["ttft"]
+    for key, label, client, server, fmt in (
+        ("ttft", "TTFT", client_ttft, server_ttft, "{:.1f}"),
+        ("itl", "ITL", client_itl, server_itl, "{:.2f}"),
     ):
-        cause = (
-            "the client's clock starts before the request reaches the frontend (connect, send) or the "
-            "client read the first token late (saturated client)"
-            if ttft_gap > 0
-            else "the server's window holds requests the client did not measure (warm-up or another client)"
-        )
-        yield f"TTFT: client {client_ttft:.1f} ms vs server {server_ttft:.1f} ms ({ttft_gap:+.0%}): {cause}"
-    if (
-        itl_gap is not None
-        and abs(itl_gap) > GAP_LIMIT
-        and abs((client_itl or 0.0) - (server_itl or 0.0)) > GAP_FLOOR_MS["itl"]
-    ):
-        cause = (
-            "the client reads tokens later than the server sends them (saturated client, or the server "
-            "sends several tokens in one event)"
-            if itl_gap > 0
-            else "the client's ITL divides by output tokens, the server's by the events it sent"
-        )
-        yield f"ITL: client {client_itl:.2f} ms vs server {server_itl:.2f} ms ({itl_gap:+.0%}): {cause}"
+        gap = gaps[key]
+        if client is None or server is None or gap is None:
+            continue
+        if abs(gap) > GAP_LIMIT and abs(client - server) > GAP_FLOOR_MS[key]:
+            cause = GAP_CAUSES[key][gap > 0]
+            yield (
+                f"{label}: client {fmt.format(client)} ms vs server {fmt.format(server)} ms ({gap:+.0%}): {cause}"
+            )

@@ -77,10 +77,11 @@ def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="predict TTFT, TPOT and throughput of one configuration",
         description="Predict one configuration: agg, disagg (xPyD), or a raw prefill / decode pass.",
     )
-    p.add_argument("--model", required=True)
-    p.add_argument("--system", required=True)
-    p.add_argument("--isl", type=_int, required=True)
-    p.add_argument("--osl", type=_int, required=True)
+    # Required unless --rows gives every row its own (run_estimate checks).
+    p.add_argument("--model")
+    p.add_argument("--system")
+    p.add_argument("--isl", type=_int)
+    p.add_argument("--osl", type=_int)
     p.add_argument("--mode", choices=("agg", "disagg", "prefill", "decode"), default="agg")
     p.add_argument("--tp", type=_int, default=None)
     p.add_argument("--pp", type=_int, default=1)
@@ -95,6 +96,22 @@ def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
         p.add_argument(f"--{role}-batch-size", type=_int, default=None)
         p.add_argument(f"--{role}-workers", type=_int, default=1)
     p.add_argument("--gpus-per-node", type=_int, default=None)
+    p.add_argument(
+        "--rows",
+        type=Path,
+        metavar="ROWS.csv",
+        default=None,
+        help="predict every row of a measured table (aiconfigurator's silicon-table columns) at its "
+        "concurrency instead of one configuration; models: packaged ids, local directories, and "
+        "<org>--<name>_config.json files in the directories of $AUTODEPLOY_MODEL_CONFIGS",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="PRED.csv",
+        default=None,
+        help="with --rows: write id,ttft_ms,tpot_ms,error",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_estimate)
     parser: argparse.ArgumentParser = p
@@ -241,9 +258,16 @@ def _plot(res: Any) -> None:
 
 
 def run_estimate(args: argparse.Namespace) -> int:
-    """Predict one configuration and print it (table or JSON)."""
+    """Predict one configuration and print it (table or JSON), or with --rows every row of a table."""
     from automation.perfmodel.evaluate import estimate_cli
 
+    if args.rows is not None or args.out is not None:
+        return _estimate_rows(args)
+    missing = [f"--{n}" for n in ("model", "system", "isl", "osl") if getattr(args, n) is None]
+    if missing:
+        raise InputError(
+            f"estimate needs {', '.join(missing)}", hint="see autodeploy estimate --help, or --rows"
+        )
     out = estimate_cli(args)
     if args.json:
         print(json.dumps(out))
@@ -257,6 +281,40 @@ def run_estimate(args: argparse.Namespace) -> int:
     for k, v in out.items():
         t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
     Console().print(t)
+    return 0
+
+
+def _estimate_rows(args: argparse.Namespace) -> int:
+    """`estimate --rows ROWS.csv --out PRED.csv`: one prediction (or reason) per row, and a summary."""
+    from collections import Counter
+
+    from automation.perfmodel.rows import predict_rows, read_rows, write_predictions
+
+    if args.rows is None or args.out is None:
+        raise InputError(
+            "--rows and --out go together", hint="autodeploy estimate --rows ROWS.csv --out PRED.csv"
+        )
+    single = [f"--{n.replace('_', '-')}" for n in ("model", "system", "isl", "osl", "tp") if getattr(args, n)]
+    if single:
+        raise InputError(f"--rows takes each row's own settings; drop {', '.join(single)}", hint="see --help")
+    results = predict_rows(read_rows(args.rows))
+    try:
+        write_predictions(results, args.out)
+    except OSError as exc:
+        raise InputError(f"cannot write {args.out}: {exc.strerror}", hint="check the --out path") from None
+    reasons = Counter(r.kind for r in results if r.error)
+    summary = {
+        "rows": len(results),
+        "predicted": len(results) - sum(reasons.values()),
+        "not_predicted": dict(reasons.most_common()),
+        "out": str(args.out),
+    }
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"{summary['predicted']} of {summary['rows']} rows predicted -> {args.out}")
+    for kind, n in reasons.most_common():
+        print(f"  {n:6}  {kind}")
     return 0
 
 

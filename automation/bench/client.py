@@ -4,6 +4,7 @@ loop or Poisson arrivals, in one or several processes, watching itself for satur
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import math
 import multiprocessing
@@ -211,6 +212,7 @@ class _LagMonitor:
 async def _drive(
     plan: LoadPlan,
     prompts: dict[int, str],
+    indices: Sequence[int],
     users: Sequence[int],
     signals: _Signals,
     start_at: float | None = None,
@@ -221,7 +223,9 @@ async def _drive(
     `warmup` indices are warm-up). burst: every user finishes its warm-up, then all start the measured
     phase together (aiperf's phase boundary; the seed guide's first batch); steady: each user goes on at
     once, so the measured window starts in the steady state the warm-up built.
-    Request rate: request i is sent at start + arrivals[i], whatever is in flight.
+    Request rate: request i is sent at start + arrivals[i], whatever is in flight. `indices` are the
+    requests this process sends; `prompts` may receive the measured ones only when `signals.warmed()`
+    returns (burst, see run_level's `later`).
     """
     endpoint = plan.url.rstrip("/") + PATHS[plan.endpoint]
     lag = _LagMonitor()
@@ -245,7 +249,7 @@ async def _drive(
 
         if plan.arrivals is None:
             # User u's requests, in order; warm-up ones (index < warmup) come first for every user.
-            mine = {u: [i for i in sorted(prompts) if i % plan.concurrency == u] for u in users}
+            mine = {u: [i for i in indices if i % plan.concurrency == u] for u in users}
 
             async def user(u: int, warmup: bool | None) -> None:
                 for index in mine[u]:
@@ -261,7 +265,7 @@ async def _drive(
         else:
             base = start_at if start_at is not None else time.perf_counter()
             tasks = []
-            for index in sorted(prompts):
+            for index in indices:
                 delay = base + plan.arrivals[index] - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
@@ -309,9 +313,15 @@ class _InProcess(_Signals):
     """Signals of the single-process client: straight to the coordinator's callbacks."""
 
     def __init__(
-        self, plan: LoadPlan, on_done: Callable[[RequestRecord], None], on_window: Callable[[], None]
+        self,
+        plan: LoadPlan,
+        on_done: Callable[[RequestRecord], None],
+        on_window: Callable[[], None],
+        prompts: dict[int, str],
+        later: concurrent.futures.Future[list[str]] | None,
     ):
         self.plan, self.on_done, self.on_window = plan, on_done, on_window
+        self.prompts, self.later = prompts, later
         self.records: list[RequestRecord] = []
         self.first_tokens = 0
         self.window_start: float | None = None
@@ -332,6 +342,9 @@ class _InProcess(_Signals):
             self.pending.append(asyncio.get_running_loop().run_in_executor(None, self.open_window))
 
     async def warmed(self) -> None:
+        if self.later is not None:  # the measured prompts, made while the warm-up ran
+            measured = await asyncio.wrap_future(self.later)
+            self.prompts.update(enumerate(measured, start=self.plan.warmup))
         self.open_window()  # burst: nothing is in flight, so a blocking scrape costs no measurement
 
 
@@ -340,21 +353,30 @@ def run_level(
     prompts: Sequence[str],
     on_done: Callable[[RequestRecord], None] = lambda record: None,
     on_window: Callable[[], None] = lambda: None,
+    later: tuple[int, concurrent.futures.Future[list[str]]] | None = None,
 ) -> LevelRun:
     """Send every prompt as `plan` says; the first `plan.warmup` are marked warm-up.
 
     `on_window` is called once, when the measured window opens (burst: between the phases, nothing in
     flight; steady: when every warm-up request has its first token; no warm-up: at the start).
+    `later` = (count, future): `prompts` holds the warm-up prompts only and the future brings the
+    `count` measured ones, awaited at the burst boundary, so that making them overlaps the warm-up
+    (one process, closed loop, burst with warm-up only).
     """
     if plan.processes > 1:
         return _run_processes(plan, prompts, on_done, on_window)
-    signals = _InProcess(plan, on_done, on_window)
     indexed = dict(enumerate(prompts))
+    total = len(prompts)
+    if later is not None:
+        if plan.arrivals is not None or plan.warmup_method != "burst" or len(prompts) != plan.warmup:
+            raise ValueError("later prompts need a closed-loop burst level whose prompts are its warm-up")
+        total += later[0]
+    signals = _InProcess(plan, on_done, on_window, indexed, later[1] if later else None)
 
     async def main() -> tuple[float, float, float]:
         if plan.warmup == 0:
             signals.open_window()
-        result = await _drive(plan, indexed, range(plan.concurrency), signals)
+        result = await _drive(plan, indexed, range(total), range(plan.concurrency), signals)
         await asyncio.gather(*signals.pending)
         return result
 
@@ -391,7 +413,7 @@ def _child(
             await asyncio.get_running_loop().run_in_executor(None, go.wait)
 
     try:
-        sample = asyncio.run(_drive(plan, prompts, users, Signals(), start_at))
+        sample = asyncio.run(_drive(plan, prompts, sorted(prompts), users, Signals(), start_at))
         outbox.put(("health", sample))
     except BaseException as exc:  # the coordinator must hear of any end, or it waits forever
         outbox.put(("crashed", f"{type(exc).__name__}: {exc}"))

@@ -3,6 +3,7 @@ level document; and the levels of a sweep and when a sweep must stop."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
 import os
@@ -191,37 +192,46 @@ def _builtin(
     started = time.perf_counter()  # the client's cost includes making its prompts, as aiperf's does
     maker = PromptMaker(ctx.tokenizer_json, ctx.isl, seed=spec.seed)
     total = spec.warmup + spec.measured
-    prompts = maker.make_many(list(range(total)))
     arrivals = None
     if spec.rate_per_s is not None:
         arrivals = poisson_arrivals(spec.rate_per_s, total, spec.seed)
     processes = client_processes(ctx.bench.client_processes, spec)
-    while True:
-        plan = LoadPlan(
-            url=ctx.url,
-            model=ctx.model,
-            osl=ctx.osl,
-            concurrency=spec.concurrency,
-            warmup=spec.warmup,
-            timeout_s=ctx.bench.request_timeout_s,
-            endpoint=ctx.bench.endpoint,
-            warmup_method=ctx.bench.warmup,
-            arrivals=arrivals,
-            processes=processes,
-        )
-        window = Window(ctx.url, ctx.model)
-        run: LevelRun = run_level(
-            plan, prompts, on_done=ctx.on_progress("requests", total), on_window=window.open
-        )
-        wall = time.perf_counter() - started
-        more = min(
-            processes * 2, os.cpu_count() or 1, spec.concurrency if arrivals is None else processes * 2
-        )
-        if not run.health.saturated or ctx.bench.client_processes != "auto" or more <= processes:
-            break
-        # auto: a saturated client measures the level again with more processes (its window is void).
-        window.close({}, 0, exact=False)
-        processes = more
+    warm = maker.make_many(list(range(spec.warmup)))
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prompts") as pool:
+        # The measured prompts (most of a level's ~16 ms-per-prompt tokenizer work) are made while the
+        # warm-up runs; a burst level needs them only once every warm-up request has ended.
+        rest = pool.submit(maker.make_many, list(range(spec.warmup, total)))
+        while True:
+            overlap = processes == 1 and arrivals is None and ctx.bench.warmup == "burst" and spec.warmup > 0
+            plan = LoadPlan(
+                url=ctx.url,
+                model=ctx.model,
+                osl=ctx.osl,
+                concurrency=spec.concurrency,
+                warmup=spec.warmup,
+                timeout_s=ctx.bench.request_timeout_s,
+                endpoint=ctx.bench.endpoint,
+                warmup_method=ctx.bench.warmup,
+                arrivals=arrivals,
+                processes=processes,
+            )
+            window = Window(ctx.url, ctx.model)
+            run: LevelRun = run_level(
+                plan,
+                warm if overlap else warm + rest.result(),
+                on_done=ctx.on_progress("requests", total),
+                on_window=window.open,
+                later=(spec.measured, rest) if overlap else None,
+            )
+            more = min(
+                processes * 2, os.cpu_count() or 1, spec.concurrency if arrivals is None else processes * 2
+            )
+            if not run.health.saturated or ctx.bench.client_processes != "auto" or more <= processes:
+                break
+            # auto: a saturated client measures the level again with more processes (its window is void).
+            window.close({}, 0, exact=False)
+            processes = more
+    wall = time.perf_counter() - started
     summary = summarize(run.records, spec.concurrency, ctx.gpus, sla=ctx.sla)
     exact = spec.warmup == 0 or (ctx.bench.warmup == "burst" and spec.rate_per_s is None)
     summary["server"] = window.close(summary, spec.measured, exact)

@@ -270,9 +270,7 @@ def test_a_sweep_past_its_limit_stops_and_keeps_what_it_measured(
     from automation.bench import sweep
 
     judged = sweep.stop_reason
-    monkeypatch.setattr(
-        sweep, "stop_reason", lambda document, ttft, bench: judged(document, 0.01, bench)
-    )
+    monkeypatch.setattr(sweep, "stop_reason", lambda document, ttft, bench: judged(document, 0.01, bench))
     path = _pipeline(tmp_path, tiny_model, name="earlystop")
     data = yaml.safe_load(path.read_text())
     data["workload"] = {"isl": 100, "osl": 8}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,9 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
 # Bytes per weight element for each GEMM dtype the model knows.
 WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp8_block": 1.0, "fp4": 0.5625}  # nvfp4: 4 bit + one fp8 scale / 16
 KV_BYTES = {"fp8": 1.0, "bf16": 2.0}
+# kv_cache_quant_algo values that state a 16-bit KV cache (ModelOpt writes null for it; a row or an engine
+# config that pins bf16 writes one of these).
+KV_16BIT = frozenset({"BF16", "BFLOAT16", "FP16", "FLOAT16", "NONE", "AUTO"})
 
 
 @dataclass(frozen=True)
@@ -24,8 +27,11 @@ class ModelArch:
     """Architecture facts the performance model needs (per whole model, not per GPU).
 
     gemm_quant: "bf16" | "fp8" (per-tensor static) | "fp8_block" (128x128 block-scaled) | "fp4" (nvfp4).
-    kv_dtype: "fp8" | "bf16" (FP8 checkpoints get an FP8 KV cache and FP8 FMHA, as TRT-LLM deploys them).
-    For MLA models (DeepSeek) `kv_elems_per_token_layer` is the compressed latent, not 2·n_kv·d.
+    kv_dtype: "fp8" | "bf16": the checkpoint's, as aiconfigurator reads it (an explicit
+    kv_cache_quant_algo wins; otherwise an fp8/fp8_block/nvfp4 checkpoint gets an FP8 KV cache and FP8
+    FMHA, a bf16 one a bf16 cache); `with_kv_cache` applies an engine's kv_cache_config.dtype on top.
+    For MLA models (DeepSeek) `kv_elems_per_token_layer` is the compressed latent, not 2·n_kv·d; the
+    kv_lora_rank / q_lora_rank / qk_rope_dim / v_head_dim fields give the absorbed kernels' shapes.
     """
 
     name: str
@@ -44,6 +50,10 @@ class ModelArch:
     shared_intermediate: int = 0
     dense_layers: int = 0  # leading dense layers of a MoE model (first_k_dense_replace)
     mla_kv_dim: int = 0  # kv_lora_rank + qk_rope_head_dim for MLA, else 0
+    kv_lora_rank: int = 0  # MLA: the compressed KV latent per token (512 for DeepSeek-V3)
+    q_lora_rank: int = 0  # MLA: the compressed query (0: queries projected straight from the hidden state)
+    qk_rope_dim: int = 0  # MLA: the shared RoPE key per token (64); head_dim = qk_nope + qk_rope
+    v_head_dim: int = 0  # MLA: value/output width per head (128)
     attn_weight_params: int = 0  # per-layer attention weights (q, k, v, o projections)
     tie_embeddings: bool = False
     context_length: int = 0  # max_position_embeddings of config.json (0: not stated)
@@ -67,6 +77,13 @@ class ModelArch:
     @property
     def kv_bytes(self) -> float:
         return KV_BYTES[self.kv_dtype]
+
+    def with_kv_cache(self, engine_dtype: str | None) -> ModelArch:
+        """The architecture as an engine with kv_cache_config.dtype = `engine_dtype` runs it: "fp8" gives an
+        FP8 cache (and FP8 FMHA) whatever the checkpoint; "auto" or None keeps the checkpoint's."""
+        if engine_dtype == "fp8" and self.kv_dtype != "fp8":
+            return replace(self, kv_dtype="fp8")
+        return self
 
     def kv_heads_per_gpu(self, tp: int | Any) -> Any:
         """ceil(n_kv / tp): KV heads are replicated when tp > n_kv (MLA: the latent is replicated)."""
@@ -145,8 +162,15 @@ def _detect_quant(cfg: dict[str, Any], hf_quant: dict[str, Any] | None) -> tuple
         gemm = "fp8_block" if block or "BLOCK" in algo else "fp8"
     else:
         gemm = "bf16"
-    # TRT-LLM deploys quantized checkpoints with an FP8 KV cache and FP8 attention (AIC assumes the same).
-    kv = "fp8" if gemm != "bf16" or "FP8" in kv_algo else "bf16"
+    # The checkpoint's KV dtype as aiconfigurator infers it (sdk/models/helpers.py,
+    # _infer_quant_modes_from_raw_config): a stated kv_cache_quant_algo wins; otherwise fp8, fp8_block and
+    # nvfp4 checkpoints get an FP8 KV cache and FP8 FMHA, bf16 checkpoints a bf16 cache.
+    if "FP8" in kv_algo:
+        kv = "fp8"
+    elif kv_algo in KV_16BIT:
+        kv = "bf16"
+    else:
+        kv = "fp8" if gemm != "bf16" else "bf16"
     return gemm, kv
 
 
@@ -176,7 +200,7 @@ def arch_from_config(name: str, cfg: dict[str, Any], hf_quant: dict[str, Any] | 
             (cfg.get("n_shared_experts") or 0) * moe_inter
         )
     dense_layers = int(cfg.get("first_k_dense_replace") or 0) if experts else 0
-    mla = 0
+    mla = rank = q_rank = rope = v_dim = 0
     if cfg.get("kv_lora_rank"):
         # MLA: a compressed latent (kv_lora_rank) plus the shared RoPE key is cached per token and layer.
         mla = int(cfg["kv_lora_rank"]) + int(cfg.get("qk_rope_head_dim") or 0)
@@ -189,6 +213,7 @@ def arch_from_config(name: str, cfg: dict[str, Any], hf_quant: dict[str, Any] | 
         )
         attn = q_params + kv_params + heads * v * h
         head_dim = qk
+        rank, q_rank, rope, v_dim = int(cfg["kv_lora_rank"]), ql, int(cfg.get("qk_rope_head_dim") or 0), v
     else:
         attn = h * (heads + 2 * kv_heads) * head_dim + heads * head_dim * h
     gemm, kv = _detect_quant(cfg, hf_quant)
@@ -209,6 +234,10 @@ def arch_from_config(name: str, cfg: dict[str, Any], hf_quant: dict[str, Any] | 
         shared_intermediate=shared,
         dense_layers=dense_layers,
         mla_kv_dim=mla,
+        kv_lora_rank=rank,
+        q_lora_rank=q_rank,
+        qk_rope_dim=rope,
+        v_head_dim=v_dim,
         attn_weight_params=attn,
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         context_length=int(cfg.get("max_position_embeddings") or 0),

@@ -83,7 +83,9 @@ def agg_metrics(
                    all decodes at kv = isl + osl/2 + 1 (the midpoint of the output)
     decode step  = decode of b requests at the same kv
     S = ceil(isl·b/ctx) mixed steps, G = max(osl − S, 0) decode-only steps per request cycle
-    TTFT = mixed·ceil(isl/ctx)·min(2 + (S − 3)/20, 4)          (queueing behind the running batch)
+    TTFT = mixed·ceil(isl/ctx)·min(2 + (S − 3)/20, 4)          (aiconfigurator's static queueing factor;
+                                                                estimate and predict_at_concurrency
+                                                                take TTFT from queueing.py instead)
     TPOT = (mixed·max(1, S−3) + decode·G) / (max(1, S−3) + G)  (b = 1: the decode step alone)
     tokens/s/worker = b·dp·pp·(osl − 1) / (S·mixed + G·decode)
     """
@@ -155,7 +157,8 @@ def disagg_rates(
 ) -> tuple[Arr, Arr, Arr, Arr]:
     """Per-worker rates and reported latencies of xPyD workers (HOW_AIC_MODELS §4).
 
-    prefill seq/s = p_bs·p_dp / (1.1·t_prefill);   TTFT_core = 1.8·1.1·t_prefill
+    prefill seq/s = p_bs·p_dp / (1.1·t_prefill);   TTFT_core = 1.8·1.1·t_prefill (aiconfigurator's;
+                                                   predictions take TTFT from queueing.py)
     decode  seq/s = d_bs·d_dp / (1.08·t_tpot·(osl − 1));   TPOT = 1.08·t_tpot
     Returns (prefill seq/s, decode seq/s, ttft_core_ms, tpot_ms).
     """

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from automation.errors import InputError
-from automation.perfmodel import compose
+from automation.perfmodel import compose, queueing
 from automation.perfmodel.arch import ModelArch, load_model
 from automation.perfmodel.ops import step_ms
 from automation.perfmodel.plan import (
@@ -25,6 +27,31 @@ from automation.perfmodel.plan import agg_ctx_tokens as _ctx_tokens
 from automation.perfmodel.system import SystemSpec, load_system
 
 GIB = 2**30  # bytes per GiB: memory is reported in GiB, as nvidia-smi and TRT-LLM logs do
+
+# What the serving stack adds per request (queueing.Stack), beyond the engine's steps.
+#
+# LOOP_MS: the closed loop's turnaround outside the engine (client, HTTP, Dynamo's frontend, tokenization,
+# routing): from a request's last token to its successor reaching the engine, and part of every TTFT.
+# Measured on the rehearsal (Dynamo 1.6.1 frontend on this machine, 2026-12-03, burst warm-up): TTFT at
+# c = 1 less the simulated engine path is 11.8 ms (agg) and 11.4 ms (disagg); under load the agg users'
+# resynchronisation (queueing.simulate_agg) fits the measured c = 16 and 32 with 18 ms (the frontend
+# and the client share two cores with the workers there). 18 ms: within 5 % of the measured mean TTFT
+# at every agg level and within 10 % at every disagg level (tests/perfmodel/test_queueing.py).
+LOOP_MS = 18.0
+# TRT-LLM's overlap scheduler plans iteration i + 1 while i runs, so a request reaching a busy engine is
+# scheduled one iteration later (PyExecutor._executor_loop_overlap, TRT-LLM 1.x PyTorch backend).
+TRTLLM_ADMIT_LAG = 1
+# The fixed per-request TTFT cost of a TRT-LLM deployment (ms) beyond the loop, per GPU system: what the
+# measured rows' low-concurrency TTFT holds beyond the simulated engine path and the loop (the engine's
+# per-request work before a first token goes out). Fitted by tests/perf/fit_request_ms.py on a seeded
+# 70 % of the deduplicated measured rows with c ≤ 8 (shared/reference/measured/
+# trtllm_measured_calibration.csv), never per model or row; the system's fit file may override it
+# (`request_ms` under params). Rows measured in-process (no frontend: tests/perf/fit_request_ms.py's
+# IN_PROCESS) are not fitted. Systems with fewer than 20 fitted rows get REQUEST_MS_DEFAULT, the
+# all-systems fit (h200_sxm: 9 rows, gb200: 6, the rest none). Fit of 2026-12-03 (loop 18 ms, admission
+# lag 1; h100_sxm 39 rows, b200_sxm 29, all 83): hold-out median |error| 24 %, p90 69 % on served rows.
+REQUEST_MS: dict[str, float] = {"b200_sxm": 45.5, "h100_sxm": 29.0}
+REQUEST_MS_DEFAULT = 43.0
 
 
 def _arch(model: ModelArch | str) -> ModelArch:
@@ -146,11 +173,18 @@ def _memory_and_fit(
     return mem, fits
 
 
-def estimate(plan: Plan) -> Prediction:
+def estimate(
+    plan: Plan,
+    method: queueing.Method = queueing.DEFAULT_METHOD,
+    stack: queueing.Stack | None = None,
+) -> Prediction:
     """The prediction at the plan's design point (every role at its max_batch_size).
 
-    agg: the IFB steady state of compose.agg_metrics. disagg: TTFT = 1.8·1.1·prefill + KV transfer,
-    TPOT = 1.08·decode TPOT, throughput rate-matched min(0.9·x·prefill, 0.92·y·decode)·osl / GPUs.
+    TTFT: the benchmark's mean (`method`) at the design concurrency on the serving `stack` (default
+    trtllm_stack), queueing included, simulated exactly (`simulate`): what predict_at_concurrency
+    says at that concurrency. The sweep screens with the closed form (closed_form_ttft).
+    agg: TPOT and throughput of the IFB steady state of compose.agg_metrics. disagg: TPOT = 1.08·decode
+    TPOT, throughput rate-matched min(0.9·x·prefill, 0.92·y·decode)·osl / GPUs.
     """
     _check_plan(plan)
     arch, sysc = load_model(plan.model), load_system(plan.system)
@@ -158,98 +192,322 @@ def estimate(plan: Plan) -> Prediction:
         r = plan.role("agg")
         m, _ = _agg(plan, r.max_batch_size, arch, sysc)
         mem, fits = _memory_and_fit(arch, sysc, plan, {})
+        conc = float(m["concurrency"]) * plan.replicas
         return Prediction(
-            ttft_ms=float(m["ttft_ms"]),
+            ttft_ms=simulate(plan, conc, method, stack).ttft_ms,
             tpot_ms=float(m["tpot_ms"]),
             tokens_per_s_per_gpu=float(m["tokens_s_gpu"]),
             tokens_per_s_per_user=1000.0 / float(m["tpot_ms"]),
-            concurrency=float(m["concurrency"]) * plan.replicas,
+            concurrency=conc,
             memory_gib_per_gpu=mem,
             fits=fits,
         )
     d = plan.role("decode")
     c = _disagg_core(plan, d.max_batch_size, arch, sysc)
     mem, fits = _memory_and_fit(arch, sysc, plan, {})
+    conc = float(d.workers * d.max_batch_size * d.parallelism.attention_dp * plan.replicas)
     return Prediction(
-        ttft_ms=c["ttft_core"] + c["xfer"],
+        ttft_ms=simulate(plan, conc, method, stack).ttft_ms,
         tpot_ms=c["tpot"],
         tokens_per_s_per_gpu=c["seq_s"] * plan.osl / plan.gpus_per_replica,
         tokens_per_s_per_user=1000.0 / c["tpot"],
-        concurrency=float(d.workers * d.max_batch_size * d.parallelism.attention_dp * plan.replicas),
+        concurrency=conc,
         memory_gib_per_gpu=mem,
         fits=fits,
     )
 
 
-def predict_at_concurrency(plan: Plan, concurrency: float) -> Prediction:
-    """The prediction with `concurrency` requests in flight over the whole deployment (closed loop).
+def kv_slots(arch: ModelArch, sysc: SystemSpec, role: RolePlan, isl: int, osl: int) -> int:
+    """Requests of isl + osl tokens the KV cache of one attention rank of a role holds (0: not one).
 
-    Requests spread evenly over replicas. agg: batch b = clamp(c/(replicas·dp·pp), 1, max_batch_size);
-    TTFT = mixed·ceil(isl/ctx)·(1 + (QF − 1)·u), u = min(c_replica/slots, 1) (the reference's QF at a
-    full batch, none for a lone request); requests beyond the batch wait:
-    TTFT += max(0, n_r/rate − (TTFT + TPOT·(osl−1))) by Little's law.
-    disagg: decode batch b = clamp(c/(replicas·y·dp), 1, max_batch_size); throughput = min(prefill,
-    decode rate at b); the TTFT queueing factor scales with prefill utilisation ρ: 1 + 0.8·ρ
-    (the reference's 1.8 at ρ = 1); plus the same Little's-law wait when c exceeds the decode slots.
+    TRT-LLM's capacity scheduler (GUARANTEED_NO_EVICT, the default) admits a request only when the KV
+    cache can hold all of it, so the batch a rank really runs is min(max_batch_size, this).
+    """
+    return kv_capacity_tokens(arch, sysc, role) // (isl + osl)
+
+
+def request_ms(system: SystemSpec | str) -> float:
+    """The fixed per-request TTFT cost of a TRT-LLM deployment on `system` (ms) beyond the loop
+    (LOOP_MS: client, HTTP, frontend, tokenization, routing): the engine's own per-request work before
+    a first token goes out, which no step time carries.
+
+    `request_ms` under the system fit file's params wins (once system.FIT_DEFAULTS lists the key, which
+    is what lets load_system keep it); otherwise REQUEST_MS[system], else REQUEST_MS_DEFAULT (see there
+    for where the values come from).
+    """
+    sysc = _sys(system)
+    return float(sysc.fit.get("request_ms", REQUEST_MS.get(sysc.name, REQUEST_MS_DEFAULT)))
+
+
+@dataclass(frozen=True)
+class _AggTables:
+    """One attention rank of an agg replica, as queueing.simulate_agg takes it."""
+
+    ranks: int  # attention ranks per replica (dp · pp), each with its share of the users
+    slots: int  # requests a rank runs: min(max_batch_size, KV capacity)
+    decode: tuple[float, ...]  # decode-only iteration at g = 0..slots running requests (g = 0 unused)
+    prompts_cap: tuple[int, ...]  # prompts the token budget admits next to g decodes
+    chunks: int  # iterations per prompt (chunked prefill of a prompt longer than the budget)
+    plan: Plan
+
+    def mixed_row(self, k: int) -> list[float]:
+        """An iteration with k prompts (chunks > 1: one chunk) next to g = 0..slots decodes."""
+        return _agg_mixed_row(self.plan, self.slots, k, self.chunks)
+
+
+@dataclass(frozen=True)
+class _DisaggTables:
+    """One disagg replica, as queueing.simulate_disagg takes it."""
+
+    prefill_workers: int
+    prefill: tuple[float, ...]  # a prefill worker's step with n = 1..batch prompts (n = 0 unused)
+    xfer_ms: float
+    ranks: int  # decode attention ranks per replica (workers · dp)
+    slots: int  # decode requests per replica: ranks · min(max_batch_size, KV capacity)
+    decode: tuple[float, ...]  # decode pool step at n = 0..slots running requests (n = 0 unused)
+
+
+def _agg_kv(plan: Plan) -> int:
+    """KV length of the decodes of a mixed step: the midpoint of the output (compose.agg_metrics)."""
+    return plan.isl + plan.osl // 2 + 1
+
+
+@functools.lru_cache(maxsize=512)
+def _agg_mixed_row(plan: Plan, slots: int, k: int, chunks: int) -> list[float]:
+    r = plan.role("agg")
+    arch, sysc = load_model(plan.model), load_system(plan.system)
+    g = np.arange(slots + 1, dtype=float)
+    kv = _agg_kv(plan)
+    if chunks > 1:
+        chunk = agg_ctx_tokens(r, plan.isl)
+        out = step_ms(arch, sysc, r.parallelism, chunk + g, 1.0, plan.isl, g, kv, 1.0 + g, ctx_div=chunks)
+    else:
+        out = step_ms(arch, sysc, r.parallelism, k * plan.isl + g, float(k), plan.isl, g, kv, k + g)
+    return [float(x) for x in np.asarray(out, dtype=float) * np.ones_like(g)]
+
+
+@functools.lru_cache(maxsize=256)
+def _agg_tables(plan: Plan) -> _AggTables:
+    r = plan.role("agg")
+    arch, sysc = load_model(plan.model), load_system(plan.system)
+    par = r.parallelism
+    slots = max(min(r.max_batch_size, kv_slots(arch, sysc, r, plan.isl, plan.osl)), 1)
+    g = np.arange(slots + 1, dtype=float)
+    dec = np.asarray(compose.decode_ms(arch, sysc, par, np.maximum(g, 1.0), _agg_kv(plan)), dtype=float)
+    ctx = agg_ctx_tokens(r, plan.isl)
+    chunks = math.ceil(plan.isl / ctx) if ctx < plan.isl else 1
+    if chunks > 1:
+        cap = tuple(1 for _ in range(slots + 1))
+    else:
+        least = 1 if r.enable_chunked_prefill else 0
+        cap = tuple(max((r.max_num_tokens - i) // plan.isl, least) for i in range(slots + 1))
+    return _AggTables(par.attention_dp * par.pp, slots, tuple(float(x) for x in dec), cap, chunks, plan)
+
+
+@functools.lru_cache(maxsize=256)
+def _disagg_tables(plan: Plan, users: int) -> _DisaggTables:
+    """The replica's stations; the decode table runs to min(users, slots) running requests."""
+    arch, sysc = load_model(plan.model), load_system(plan.system)
+    p, d = plan.role("prefill"), plan.role("decode")
+    pdp = p.parallelism.attention_dp
+    per_step = p.max_num_tokens // plan.isl if p.max_num_tokens >= plan.isl else 1
+    cap = max(min(p.max_batch_size, per_step), 1) * pdp
+    n = np.arange(1, cap + 1, dtype=float)
+    pre = compose.PREFILL_LATENCY_SCALE * np.asarray(
+        compose.prefill_ms(arch, sysc, p.parallelism, np.ceil(n / pdp), plan.isl), dtype=float
+    )
+    ranks = d.workers * d.parallelism.attention_dp
+    slots = ranks * max(min(d.max_batch_size, kv_slots(arch, sysc, d, plan.isl, plan.osl)), 1)
+    m = np.arange(1, min(users, slots) + 1, dtype=float)
+    dec = compose.DECODE_LATENCY_SCALE * np.asarray(
+        compose.decode_tpot_ms(arch, sysc, d.parallelism, np.maximum(m / ranks, 1.0), plan.isl, plan.osl),
+        dtype=float,
+    )
+    cross = compose.cross_node_fraction(plan.total_gpus, sysc.gpus_per_node)
+    xfer = float(
+        compose.kv_transfer_ms(arch, sysc, plan.isl, min(p.gpus_per_worker, d.gpus_per_worker), cross)
+    )
+    return _DisaggTables(
+        p.workers,
+        (0.0, *(float(x) for x in pre)),
+        xfer,
+        ranks,
+        slots,
+        (0.0, *(float(x) for x in dec)),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _simulate(plan: Plan, users: int, stack: queueing.Stack, method: queueing.Method) -> queueing.SimResult:
+    """The benchmark's means for one agg rank or one disagg replica with `users` users (cached)."""
+    if plan.mode == "agg":
+        a = _agg_tables(plan)
+        return queueing.simulate_agg(
+            users, plan.osl, stack, a.slots, a.mixed_row, a.decode, a.prompts_cap, a.chunks, method
+        )
+    t = _disagg_tables(plan, users)
+    return queueing.simulate_disagg(
+        users, plan.osl, stack, t.prefill_workers, t.prefill, t.xfer_ms, t.slots, t.decode, method
+    )
+
+
+def trtllm_stack(system: SystemSpec | str) -> queueing.Stack:
+    """The serving stack autodeploy deploys on `system`: Dynamo's frontend and TRT-LLM workers."""
+    return queueing.Stack(
+        loop_ms=LOOP_MS, request_ms=request_ms(system), admit_lag=TRTLLM_ADMIT_LAG, decode_join_lag=1
+    )
+
+
+# The rehearsal's stack: Dynamo's frontend and mocker workers. The mocker has no per-request engine cost and
+# schedules a request at the next iteration (its offline replay matches queueing.simulate_* with these:
+# tests/perfmodel/test_queueing.py); the loop is the same frontend's.
+MOCKER_STACK = queueing.Stack(loop_ms=LOOP_MS, request_ms=0.0, admit_lag=0, decode_join_lag=1)
+
+
+def simulate(
+    plan: Plan,
+    concurrency: float,
+    method: queueing.Method = queueing.DEFAULT_METHOD,
+    stack: queueing.Stack | None = None,
+) -> queueing.SimResult:
+    """The benchmark's measured means for `plan` at `concurrency` users (queueing.simulate_agg/_disagg).
+
+    Users spread evenly over replicas (and, in agg, over the attention ranks of a replica, which run
+    in lockstep). A fractional share u per simulated unit interpolates the simulations at ⌊u⌋ and ⌈u⌉
+    users (u ≤ 1: one user). stack defaults to trtllm_stack(plan.system).
+    """
+    fixed = trtllm_stack(plan.system) if stack is None else stack
+    units = plan.replicas * (_agg_tables(plan).ranks if plan.mode == "agg" else 1)
+    u = max(concurrency / units, 1.0)
+    lo, hi = math.floor(u), math.ceil(u)
+    a = _simulate(plan, lo, fixed, method)
+    if hi == lo:
+        return a
+    b = _simulate(plan, hi, fixed, method)
+    w = u - lo
+    mixed = {k: (1.0 - w) * getattr(a, k) + w * getattr(b, k) for k in vars(a)}
+    return queueing.SimResult(**mixed)
+
+
+def closed_form_ttft(
+    plan: Plan,
+    concurrency: float,
+    method: queueing.Method = queueing.DEFAULT_METHOD,
+    stack: queueing.Stack | None = None,
+) -> float:
+    """The benchmark's mean TTFT for `plan` at `concurrency` users in closed form (queueing.closed_form_*),
+    on the same stations as `simulate`: what the sweep screens its candidates with (search)."""
+    arch, sysc = load_model(plan.model), load_system(plan.system)
+    st = trtllm_stack(plan.system) if stack is None else stack
+    per_replica = max(concurrency / plan.replicas, 1.0)
+    if plan.mode == "agg":
+        r = plan.role("agg")
+        ranks = r.parallelism.attention_dp * r.parallelism.pp
+        slots = max(min(r.max_batch_size, kv_slots(arch, sysc, r, plan.isl, plan.osl)), 1)
+        u = max(per_replica / ranks, 1.0)
+        m, _ = _agg(plan, min(u, slots), arch, sysc)
+        ctx = agg_ctx_tokens(r, plan.isl)
+        return float(
+            queueing.closed_form_agg(
+                u,
+                plan.osl,
+                st,
+                math.ceil(ctx / plan.isl),
+                math.ceil(plan.isl / ctx),
+                m["mixed_ms"],
+                m["gen_ms"],
+                method,
+            )
+        )
+    p, d = plan.role("prefill"), plan.role("decode")
+    pdp = p.parallelism.attention_dp
+    per_step = p.max_num_tokens // plan.isl if p.max_num_tokens >= plan.isl else 1
+    cap = max(min(p.max_batch_size, per_step), 1)
+    ranks = d.workers * d.parallelism.attention_dp
+    b_cap = max(min(d.max_batch_size, kv_slots(arch, sysc, d, plan.isl, plan.osl)), 1)
+    b = min(max(per_replica / ranks, 1.0), b_cap)
+    c = _disagg_core(plan, b, arch, sysc)
+    t_batch = compose.PREFILL_LATENCY_SCALE * float(
+        compose.prefill_ms(arch, sysc, p.parallelism, cap, plan.isl)
+    )
+    return float(
+        queueing.closed_form_disagg(
+            per_replica,
+            plan.osl,
+            st,
+            p.workers,
+            cap * pdp,
+            t_batch,
+            c["t_prefill"] * compose.PREFILL_LATENCY_SCALE,
+            c["xfer"],
+            ranks * b_cap,
+            c["tpot"],
+            method,
+        )
+    )
+
+
+def predict_at_concurrency(
+    plan: Plan,
+    concurrency: float,
+    method: queueing.Method = queueing.DEFAULT_METHOD,
+    stack: queueing.Stack | None = None,
+) -> Prediction:
+    """The prediction with `concurrency` users over the whole deployment, as the benchmark measures it.
+
+    TTFT: the mean over the measured requests of the benchmark's closed loop (`method`: its warm-up and
+    requests per user), simulated exactly against the deployment's stations (`simulate`) on the
+    serving `stack` (default trtllm_stack(system): Dynamo + TRT-LLM with its fixed per-request cost;
+    MOCKER_STACK for a rehearsal with Dynamo's mocker).
+    KV capacity caps the batch: a rank runs b = min(max_batch_size, kv_slots) requests at most and
+    the rest wait (the simulation queues them; TPOT, throughput and memory are those of the batch the
+    engine runs, so memory fits whenever one request's KV does).
+    TPOT and throughput are the steady state at the batch the concurrency implies (the mocker follows
+    these step times). agg: b = clamp(c/(replicas·dp·pp), 1, slots); TPOT and tokens/s of
+    compose.agg_metrics at b, tokens/s scaled by the share of the batch filled below it. disagg:
+    decode batch b = clamp(c/(replicas·y·dp), 1, slots); throughput = min(prefill, decode rate at b,
+    the users' demand c/(unloaded request latency)).
     """
     _check_plan(plan)
     if not isinstance(concurrency, int | float) or concurrency <= 0:
         raise InputError(f"concurrency must be > 0 (got {concurrency})", hint="pass a positive number")
     arch, sysc = load_model(plan.model), load_system(plan.system)
     per_replica = concurrency / plan.replicas
+    sim = simulate(plan, concurrency, method, stack)
     if plan.mode == "agg":
         r = plan.role("agg")
         ranks = r.parallelism.attention_dp * r.parallelism.pp
-        slots = r.max_batch_size * ranks
-        b = min(max(per_replica / ranks, 1.0), r.max_batch_size)
+        cap = min(r.max_batch_size, kv_slots(arch, sysc, r, plan.isl, plan.osl))
+        b = min(max(per_replica / ranks, 1.0), max(cap, 1))
         m, mem_parts = _agg(plan, b, arch, sysc)
-        # The reference's queueing factor QF describes a full batch; below it, queueing fades with load.
-        ctx = agg_ctx_tokens(r, plan.isl)
-        div = math.ceil(plan.isl / ctx)
-        qf = float(m["ttft_ms"]) / (float(m["mixed_ms"]) * div)
-        util = min(per_replica / slots, 1.0)
-        ttft = float(m["mixed_ms"]) * div * (1.0 + (qf - 1.0) * util)
-        tpot = float(m["tpot_ms"])
-        tok_s = float(m["tokens_s"])
-        if per_replica > slots:
-            rate = tok_s / max(plan.osl - 1, 1)  # requests per second per replica
-            cycle = per_replica / rate * 1e3
-            ttft += max(0.0, cycle - (ttft + tpot * (plan.osl - 1)))
-        else:
-            tok_s *= min(per_replica / (b * ranks), 1.0)
+        tok_s = float(m["tokens_s"]) * min(per_replica / (b * ranks), 1.0)
         return Prediction(
-            ttft_ms=ttft,
-            tpot_ms=tpot,
+            ttft_ms=sim.ttft_ms,
+            tpot_ms=float(m["tpot_ms"]),
             tokens_per_s_per_gpu=tok_s / plan.gpus_per_replica,
-            tokens_per_s_per_user=1000.0 / tpot,
+            tokens_per_s_per_user=1000.0 / float(m["tpot_ms"]),
             concurrency=float(concurrency),
             memory_gib_per_gpu=float(mem_parts["total"]) / GIB,
-            fits=bool(mem_parts["fits"]),
+            fits=bool(mem_parts["fits"]) and cap >= 1,
         )
-    p, d = plan.role("prefill"), plan.role("decode")
-    slots = d.workers * d.max_batch_size * d.parallelism.attention_dp
-    b = min(max(per_replica / (d.workers * d.parallelism.attention_dp), 1.0), d.max_batch_size)
+    d = plan.role("decode")
+    cap = min(d.max_batch_size, kv_slots(arch, sysc, d, plan.isl, plan.osl))
+    slots = d.workers * max(cap, 1) * d.parallelism.attention_dp
+    b = min(max(per_replica / (d.workers * d.parallelism.attention_dp), 1.0), max(cap, 1))
     c = _disagg_core(plan, b, arch, sysc)
-    # Closed loop: with n requests in flight each cycles once per (TTFT + TPOT·(osl−1)).
+    # Closed loop: with n requests in flight each cycles once per unloaded request latency.
     lat = c["ttft_core"] / compose.DISAGG_TTFT_QUEUE + c["xfer"] + c["tpot"] * (plan.osl - 1)
     demand = min(per_replica, slots) / lat * 1e3
     seq = min(c["seq_s"], demand)
-    rho = min(seq / (compose.PREFILL_RATE_DERATE * p.workers * c["p_rate"]), 1.0)
-    ttft = (
-        c["ttft_core"] / compose.DISAGG_TTFT_QUEUE * (1.0 + (compose.DISAGG_TTFT_QUEUE - 1.0) * rho)
-        + c["xfer"]
-    )
-    if per_replica > slots:
-        ttft += max(0.0, per_replica / seq * 1e3 - (ttft + c["tpot"] * (plan.osl - 1)))
     mem, fits = _memory_and_fit(arch, sysc, plan, {"decode": b})
     return Prediction(
-        ttft_ms=ttft,
+        ttft_ms=sim.ttft_ms,
         tpot_ms=c["tpot"],
         tokens_per_s_per_gpu=seq * plan.osl / plan.gpus_per_replica,
         tokens_per_s_per_user=1000.0 / c["tpot"],
         concurrency=float(concurrency),
         memory_gib_per_gpu=mem,
-        fits=fits,
+        fits=fits and cap >= 1,
     )
 
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from automation.errors import InputError
-from automation.perfmodel import compose
+from automation.perfmodel import compose, queueing
 from automation.perfmodel.arch import ModelArch, load_model
-from automation.perfmodel.evaluate import GIB, estimate, kv_cache_dtype
+from automation.perfmodel.evaluate import GIB, estimate, kv_cache_dtype, trtllm_stack
 from automation.perfmodel.ops import ParallelismGrid
 from automation.perfmodel.plan import (
     DEFAULT_FREE_GPU_MEMORY_FRACTION,
@@ -39,6 +40,9 @@ DECODE_BATCHES = np.array(
     dtype=float,
 )
 MAX_WORKERS = 32  # bound of the xPyD worker-count search, per role per replica
+# Candidates (best per parallel config) whose estimate is checked against the SLA, per top_n wanted: the
+# sweep's closed-form TTFT can be optimistic near a rate-matched prefill (queueing.closed_form_disagg).
+RECHECK = 3
 TP_CHOICES = (1, 2, 4, 8)  # widths swept: powers of two up to an 8-GPU node (TRT-LLM splits heads evenly)
 
 
@@ -186,8 +190,13 @@ def _sweep_agg(
     isl: int,
     osl: int,
     o: EngineOverrides,
+    stack: queueing.Stack,
+    method: queueing.Method,
 ) -> dict[str, Any]:
     """Every (config, batch, ctx_tokens) point as flat arrays, under the role's engine overrides `o`.
+
+    TTFT is the benchmark's mean at the design concurrency (batch per rank) in closed form
+    (queueing.closed_form_agg on the composition's mixed and decode steps): evaluate.closed_form_ttft.
 
     Without engine.max_num_tokens, ctx_tokens sweeps whole prompts up to max(8192, 2·isl) tokens per step
     (never more prompts than the batch less one) and max_num_tokens = ctx + batch; with it, ctx_tokens is
@@ -215,12 +224,22 @@ def _sweep_agg(
         if not ok.any():
             continue
         m = compose.agg_metrics(arch, sysc, par, bb[ok], ctx[ok], isl, osl)
+        ttft = queueing.closed_form_agg(
+            bb[ok],
+            osl,
+            stack,
+            np.ceil(ctx[ok] / isl),
+            np.ceil(isl / ctx[ok]),
+            m["mixed_ms"],
+            m["gen_ms"],
+            method,
+        )
         gpus = par.gpus
         reps = total // gpus
         cols["cfg"].append(np.full(m["tpot_ms"].shape, ci))
         cols["b"].append(bb[ok])
         cols["ctx"].append(ctx[ok])
-        cols["ttft"].append(m["ttft_ms"])
+        cols["ttft"].append(ttft)
         cols["tpot"].append(m["tpot_ms"])
         cols["tpg"].append(m["tokens_s_gpu"])
         cols["cl"].append(m["tokens_s_gpu"] * reps * gpus / total)
@@ -239,12 +258,16 @@ def _sweep_disagg(
     ttft_lim: float,
     op: EngineOverrides,
     od: EngineOverrides,
+    stack: queueing.Stack,
+    method: queueing.Method,
 ) -> dict[str, Any]:
     """Best (prefill config, x, y) for every (decode config, decode batch), as flat arrays.
 
     Prefill workers run batch 1 under their overrides `op`; decode batches are capped by
     od.max_batch_size; each role's max_num_tokens and free_gpu_memory_fraction enter its memory fit.
-    For each y the best x balances the two rates: x ∈ {floor, ceil}(0.92·y·D / (0.9·P)).
+    TTFT is the benchmark's mean with y·b·dp users per replica (queueing.closed_form_disagg), so it
+    falls with x: for each y, x is one that balances the two rates, x ∈ {floor, ceil}(0.92·y·D /
+    (0.9·P)), or the fewest prefill workers whose queue meets the TTFT limit (bisection on x).
     """
     pgrid = ParallelismGrid.of(configs)
     p_gpus = pgrid.gpus
@@ -270,19 +293,51 @@ def _sweep_disagg(
         d_gpus = par.gpus
         raw = compose.decode_tpot_ms(arch, sysc, par, b, isl, osl)
         _, d_rate, _, tpot = compose.disagg_rates(1.0, 1.0, 1.0, raw, b, dp, osl)
-        # shapes: (B, P, Y, 2)
+        # shapes: (B, P, Y, 3)
         dr = d_rate[:, None, None, None]
         pr = p_rate[None, :, None, None]
         yy = yv[None, None, :, None]
+        users = yy * b[:, None, None, None] * dp
+        links = np.minimum(p_gpus, d_gpus)[None, :, None, None]
+        p_lat = (ttft_core / compose.DISAGG_TTFT_QUEUE)[None, :, None, None]
+        p_dp = pgrid.attention_dp[None, :, None, None]
+        tau = tpot[:, None, None, None]
+
+        ttft_at = functools.partial(
+            _xpyd_ttft,
+            _XpydStations(
+                arch,
+                sysc,
+                isl,
+                osl,
+                total,
+                per_node,
+                users,
+                yy * d_gpus,
+                p_gpus,
+                links,
+                p_dp,
+                p_lat,
+                tau,
+            ),
+            stack,
+            method,
+        )
+
         xf = compose.DECODE_RATE_DERATE * yy * dr / (compose.PREFILL_RATE_DERATE * pr)
-        xx = np.clip(np.stack([np.floor(xf[..., 0]), np.ceil(xf[..., 0])], axis=-1), 1, MAX_WORKERS)
+        lo = np.ones(np.broadcast_shapes(xf.shape, users.shape))
+        hi = np.full(lo.shape, float(MAX_WORKERS))
+        while (lo < hi).any():  # the fewest x with TTFT ≤ ttft_lim (TTFT falls with x)
+            mid = np.floor((lo + hi) / 2.0)
+            meet = ttft_at(mid) <= ttft_lim
+            hi, lo = np.where(meet, mid, hi), np.where(meet, lo, mid + 1.0)
+        xs = (np.floor(xf), np.ceil(xf), np.broadcast_to(hi, xf.shape))
+        xx = np.clip(np.concatenate([np.broadcast_to(v, lo.shape) for v in xs], axis=-1), 1, MAX_WORKERS)
         gpus = xx * p_gpus[None, :, None, None] + yy * d_gpus
         seq = compose.xpyd_seq_s(pr, xx, dr, yy)
         reps = np.floor(total / gpus)
         cl = seq * osl * reps / total
-        cross = compose.cross_node_fraction(np.maximum(reps, 1) * gpus, per_node)
-        links = np.minimum(p_gpus, d_gpus)[None, :, None, None]
-        ttft = ttft_core[None, :, None, None] + compose.kv_transfer_ms(arch, sysc, isl, links, cross)
+        ttft = ttft_at(xx)
         good = (gpus <= total) & p_ok[None, :, None, None] & (ttft <= ttft_lim)
         score = np.where(good, cl, -1.0)
         flat = score.reshape(b.size, -1)
@@ -307,6 +362,49 @@ def _sweep_disagg(
         rows["mem"].append(np.maximum(dmem["total"][ok][has], pmem["total"][pi[has]]) / GIB)
         rows["conc"].append((ysel * b * dp * reps[sel, pi, yi, xi])[has])
     return {k: (np.concatenate(v) if v else np.array([])) for k, v in rows.items()}
+
+
+@dataclass(frozen=True)
+class _XpydStations:
+    """What a disagg candidate's TTFT depends on besides x (broadcastable arrays over (B, P, Y, ·))."""
+
+    arch: ModelArch
+    sysc: SystemSpec
+    isl: int
+    osl: int
+    total: int
+    per_node: int
+    users: np.ndarray  # per replica: y·b·dp
+    decode_gpus: np.ndarray  # y · GPUs of a decode worker
+    prefill_gpus: np.ndarray  # GPUs of a prefill worker, per prefill config
+    links: np.ndarray
+    prefill_dp: np.ndarray
+    prefill_ms: np.ndarray  # 1.1 · prefill step of one prompt per rank
+    tau: np.ndarray  # 1.08 · decode step at the batch
+
+
+def _xpyd_ttft(
+    st: _XpydStations, stack: queueing.Stack, method: queueing.Method, x: np.ndarray
+) -> np.ndarray:
+    """The benchmark's mean TTFT with x prefill workers (queueing.closed_form_disagg); the KV transfer's
+    cross-node share follows the GPUs the replicas span."""
+    g = x * st.prefill_gpus[None, :, None, None] + st.decode_gpus
+    cross = compose.cross_node_fraction(np.maximum(np.floor(st.total / g), 1) * g, st.per_node)
+    xfer = compose.kv_transfer_ms(st.arch, st.sysc, st.isl, st.links, cross)
+    out: np.ndarray = queueing.closed_form_disagg(
+        st.users,
+        st.osl,
+        stack,
+        x,
+        st.prefill_dp,
+        st.prefill_ms,
+        st.prefill_ms,
+        xfer,
+        st.users,
+        st.tau,
+        method,
+    )
+    return out
 
 
 def _validate(
@@ -339,12 +437,20 @@ def search(
     top_n: int = 3,
     gpus_per_node: int | None = None,
     engine: Mapping[Role, EngineOverrides] | None = None,
+    method: queueing.Method = queueing.DEFAULT_METHOD,
+    stack: queueing.Stack | None = None,
 ) -> SearchResult:
     """Sweep agg and/or disagg deployments of `model` on `total_gpus` GPUs of `system`.
 
     `engine` holds the engine settings the pipeline fixes per role (engine.<role> over engine.*): the
     sweep caps each role's batch at its max_batch_size and fits memory with its max_num_tokens and
     free_gpu_memory_fraction, and every candidate plan carries them, so a picked plan is deployed as is.
+
+    TTFT is the mean the benchmark (`method`: its warm-up and requests per user) measures at each
+    candidate's design concurrency on the serving `stack` (default evaluate.trtllm_stack: Dynamo
+    and TRT-LLM), queueing included: the sweep screens in closed form (queueing.closed_form_*), and
+    every plan it keeps carries its estimate, whose TTFT is simulated exactly (evaluate.simulate);
+    a plan whose estimate misses the SLA is replaced by the next best (up to RECHECK × top_n tried).
 
     Rank by cluster tokens/s/gpu (replicas = floor(total/GPUs per replica); idle GPUs count) among
     candidates meeting TTFT ≤ ttft_ms and TPOT ≤ tpot_ms and fitting in memory; keep the best per
@@ -364,12 +470,14 @@ def search(
         r: fixed.get(r, NO_OVERRIDES) for r in ("agg", "prefill", "decode")
     }
     kv_dtype = kv_cache_dtype(arch)
+    serving = trtllm_stack(sysc) if stack is None else stack
     top: dict[str, list[Candidate]] = {}
     frontier: dict[str, dict[str, np.ndarray]] = {}
     closest: list[Candidate] = []
+    least: list[tuple[Callable[[int], Candidate], list[int]]] = []
     for mode in modes:
         if mode == "agg":
-            pts = _sweep_agg(arch, sysc, configs, total_gpus, isl, osl, overrides["agg"])
+            pts = _sweep_agg(arch, sysc, configs, total_gpus, isl, osl, overrides["agg"], serving, method)
             key = pts["cfg"]
 
             def make(i: int, pts: dict[str, Any] = pts) -> Candidate:
@@ -387,7 +495,7 @@ def search(
                 )
                 gpus = role.gpus_per_worker
                 plan = Plan("agg", arch.name, sysc.name, (role,), total_gpus // gpus, isl, osl)
-                return _candidate(plan, total_gpus, ttft_ms, tpot_ms)
+                return _candidate(plan, total_gpus, ttft_ms, tpot_ms, method, serving)
         else:
             pts = _sweep_disagg(
                 arch,
@@ -400,6 +508,8 @@ def search(
                 ttft_ms,
                 overrides["prefill"],
                 overrides["decode"],
+                serving,
+                method,
             )
             key = pts["dcfg"]
 
@@ -410,7 +520,7 @@ def search(
                 dec = role_plan("decode", dc, y, b, isl, osl, kv_dtype, overrides["decode"])
                 gpr = pre.gpus_per_worker * pre.workers + dec.gpus_per_worker * dec.workers
                 plan = Plan("disagg", arch.name, sysc.name, (pre, dec), total_gpus // gpr, isl, osl)
-                return _candidate(plan, total_gpus, ttft_ms, tpot_ms)
+                return _candidate(plan, total_gpus, ttft_ms, tpot_ms, method, serving)
 
         if pts["tpot"].size == 0:
             top[mode], frontier[mode] = (
@@ -431,18 +541,25 @@ def search(
             "index": np.flatnonzero(fm)[order],
         }
         meets = ttft_ok & (pts["tpot"] <= tpot_ms)
-        picked = [make(i) for i in _best_per_group(np.where(meets, cl, -np.inf), user, key, top_n)]
-        # The sweep's arrays and estimate() compute the same numbers; a plan is kept only if what is
-        # recorded for it (its estimate) meets the SLA too.
-        top[mode] = [c for c in picked if c.meets_sla]
-        # Least-violating points, kept for the "nothing meets the SLA" report.
+        # The arrays screen with the closed form; what is recorded for a plan is its estimate (TTFT
+        # simulated exactly), and a plan is kept only if that meets the SLA too: the next best groups
+        # stand in for those that do not (up to RECHECK × top_n tried).
+        top[mode] = []
+        for i in _best_per_group(np.where(meets, cl, -np.inf), user, key, RECHECK * top_n):
+            cand = make(i)
+            if cand.meets_sla:
+                top[mode].append(cand)
+                if len(top[mode]) == top_n:
+                    break
+        # Least-violating points, for the "nothing meets the SLA" report (made only if it is needed).
         viol = np.maximum(pts["ttft"] / ttft_ms, pts["tpot"] / tpot_ms)
-        closest += [make(i) for i in _best_per_group(-viol, cl, key, top_n)]
+        least.append((make, _best_per_group(-viol, cl, key, top_n)))
     winner = None
     best = {m: c[0].tokens_per_s_per_gpu_cluster for m, c in top.items() if c}
     if best:
         winner = max(best, key=lambda m: best[m])
     else:
+        closest = [make(i) for make, indices in least for i in indices]
         closest.sort(key=lambda c: max(c.prediction.ttft_ms / ttft_ms, c.prediction.tpot_ms / tpot_ms))
         closest = closest[:top_n]
     return SearchResult(
@@ -479,8 +596,15 @@ def _best_per_group(score: np.ndarray, tie: np.ndarray, group: np.ndarray, n: in
     return out
 
 
-def _candidate(plan: Plan, total_gpus: int, ttft_ms: float, tpot_ms: float) -> Candidate:
-    pred = estimate(plan)
+def _candidate(
+    plan: Plan,
+    total_gpus: int,
+    ttft_ms: float,
+    tpot_ms: float,
+    method: queueing.Method,
+    stack: queueing.Stack,
+) -> Candidate:
+    pred = estimate(plan, method, stack)
     cl = pred.tokens_per_s_per_gpu * plan.total_gpus / total_gpus
     meets = pred.ttft_ms <= ttft_ms and pred.tpot_ms <= tpot_ms and pred.fits
     return Candidate(plan.mode, plan, pred, cl, total_gpus, meets)

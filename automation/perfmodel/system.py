@@ -16,8 +16,15 @@ SYSTEMS_DIR = Path(__file__).resolve().parent.parent / "configs" / "systems"
 # point of the fit and the fallback for a system without a fit file.
 FIT_DEFAULTS: dict[str, float] = {
     "gemm_eff": 0.70,  # bf16 GEMM: fraction of bf16 peak
-    "fp8_eff": 0.60,  # per-tensor fp8 GEMM: fraction of fp8 peak (fp4 shares it)
+    "fp8_eff": 0.60,  # per-tensor fp8 GEMM: fraction of fp8 peak
     "fp8_block_eff": 0.45,  # 128x128 block-scaled fp8 GEMM: fraction of fp8 peak (scale loads, smaller tiles)
+    # nvfp4 GEMM: fraction of the fp4 peak. Default: aiconfigurator 0.12's measured B200/GB200 nvfp4 GEMM
+    # tables reach 0.3–0.43 of it at m = 4096–8192 (systems/data/*/gemm/trtllm/1.3.0rc20/gemm_perf.parquet).
+    "fp4_eff": 0.40,
+    # Fixed cost an nvfp4 GEMM adds to gemm_us: quantizing its bf16 activations to nvfp4 (µs). Default: the
+    # same tables' small-m nvfp4 GEMMs take ~10 µs more than bytes/bandwidth (8192² at m ≤ 64: 22 µs for
+    # 38 MB on B200), an upper end: the served engine fuses most quantizes into the op before the GEMM.
+    "fp4_us": 8.0,
     "mem_eff": 0.80,  # weight/activation streaming of GEMMs and experts: fraction of HBM bandwidth
     "knee": 3.0,  # p of the p-norm blending compute and memory time (p -> inf is a hard max)
     "gemm_us": 6.0,  # fixed cost of one GEMM launch (µs)
@@ -25,13 +32,18 @@ FIT_DEFAULTS: dict[str, float] = {
     "tile": 0.0,  # GEMM tile waste (not fitted: ill-conditioned against gemm_eff on these rows): compute × (1 + tile/n)(1 + tile/k), so thin TP/expert shards run slower
     "attn_ctx_eff": 0.45,  # prefill attention: fraction of the FMHA-dtype peak
     "attn_gen_eff": 0.60,  # decode attention: fraction of HBM bandwidth while reading the KV cache
+    # Absorbed MLA decode: fraction of the FMHA-dtype peak its math reaches. Default: aiconfigurator 0.12's
+    # measured MLA generation tables reach 0.35 (H200) and 0.58 (B200) of the fp8 peak with an fp8 cache
+    # and 128 heads at 8–32k context (systems/data/*/mla/trtllm/1.3.0rc20/generation_mla_perf.parquet).
+    "mla_gen_eff": 0.45,
     "attn_us": 8.0,  # fixed cost of one attention op (µs)
     "ar_us": 10.0,  # latency of one all-reduce step (µs)
     "ar_eff": 0.70,  # all-reduce bus-bandwidth efficiency
-    "moe_eff": 0.60,  # grouped expert GEMM relative to a dense GEMM of the same dtype
-    "moe_imbalance": 0.25,  # hottest EP rank carries (1 + k·log2(ep)) × the mean routed tokens
+    "moe_eff": 0.60,  # grouped expert GEMM relative to a dense GEMM of the same dtype (bf16, fp8)
+    "moe_fp4_eff": 0.60,  # nvfp4 grouped expert GEMM relative to a dense nvfp4 GEMM (its own kernels)
+    "moe_imbalance": 0.25,  # systematic excess of the hottest EP rank: × (1 + k·log2(ep)) over the statistical one
     "moe_skew": 0.5,  # power-law exponent of expert popularity (fewer distinct experts hit than uniform)
-    "moe_us": 20.0,  # fixed cost of one MoE block (router top-k, permute, grouped launch) (µs)
+    "moe_us": 20.0,  # fixed cost of one MoE layer per step (router top-k, permute, grouped launches) (µs)
 }
 
 
@@ -46,6 +58,9 @@ class SystemSpec:
     tflops: dict[str, float | None]
     nvlink_gbs: float
     internode_gbs: float
+    # GPUs one NVLink switch fabric joins (0: one node). An NVL72 rack (GB200, GB300) joins 72 GPUs over
+    # 18 trays of 4, so a worker spanning trays still talks over NVLink; HGX boards join their 8.
+    nvlink_domain: int = 0
     elementwise_bw_eff: float = 0.8
     elementwise_us: float = 3.0
     p2p_us: float = 10.0
@@ -63,6 +78,21 @@ class SystemSpec:
     def hbm_bw(self) -> float:
         """HBM bandwidth in bytes/s."""
         return self.hbm_bw_tbs * 1e12
+
+    @property
+    def domain_gpus(self) -> int:
+        """GPUs in one NVLink domain: `nvlink_domain`, or one node when the yaml names none."""
+        return max(self.nvlink_domain, self.gpus_per_node)
+
+    def link_gbs(self, gpus: Any) -> Any:
+        """Per-GPU, per-direction bandwidth (GB/s) of a collective or transfer among `gpus` GPUs packed
+        into as few NVLink domains as possible: NVLink while they fit in one domain, the inter-node
+        (scale-out) link per GPU beyond it. Broadcasts over arrays."""
+        import numpy as np
+
+        g = np.asarray(gpus, dtype=float)
+        out = np.where(g > self.domain_gpus, self.internode_gbs, self.nvlink_gbs)
+        return float(out) if out.ndim == 0 else out
 
     def peak_flops(self, dtype: str) -> float:
         """Dense tensor peak in FLOP/s; a dtype the GPU lacks falls back to the next wider one."""
@@ -111,7 +141,15 @@ def load_system(name: str) -> SystemSpec:
     fit_path = SYSTEMS_DIR / f"{key}.fit.yaml"
     if fit_path.is_file():
         fdata = _read_yaml(fit_path)
-        fit.update({k: float(v) for k, v in (fdata.get("params") or {}).items() if k in FIT_DEFAULTS})
+        # FIT_DEFAULTS keys, and any other numeric per-system value a model term reads from the fit file
+        # (evaluate.request_ms reads `request_ms`); non-numeric entries are ignored.
+        fit.update(
+            {
+                k: float(v)
+                for k, v in (fdata.get("params") or {}).items()
+                if k in FIT_DEFAULTS or isinstance(v, int | float)
+            }
+        )
         source = str(fdata.get("source", fit_path.name))
     return SystemSpec(
         name=key,
@@ -121,6 +159,7 @@ def load_system(name: str) -> SystemSpec:
         tflops={k: (float(v) if v else None) for k, v in raw["tflops"].items()},
         nvlink_gbs=float(raw["nvlink_gbs"]),
         internode_gbs=float(raw["internode_gbs"]),
+        nvlink_domain=int(raw.get("nvlink_domain") or raw["gpus_per_node"]),
         elementwise_bw_eff=float(raw.get("elementwise_bw_eff", 0.8)),
         elementwise_us=float(raw.get("elementwise_us", 3.0)),
         p2p_us=float(raw.get("p2p_us", 10.0)),

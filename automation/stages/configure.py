@@ -83,10 +83,19 @@ def imported_plan(config: PipelineConfig, result: Any, pick: Any) -> Plan:
     return deployed_plan(config, plan)
 
 
-def _estimate(plan: Plan) -> Any:
+def benchmark_method(config: PipelineConfig) -> Any:
+    """How the benchmark will measure (requests per user, warm-up method): what the predictions model,
+    since TTFT depends on it (a burst's first batch queues; docs/benchmark.md)."""
+    from automation.perfmodel.queueing import Method
+
+    bench = config.benchmark
+    return Method(requests_per_concurrency=bench.requests_per_concurrency, warmup=bench.warmup)
+
+
+def _estimate(plan: Plan, config: PipelineConfig) -> Any:
     from automation.perfmodel.evaluate import estimate
 
-    return estimate(plan)
+    return estimate(plan, method=benchmark_method(config))
 
 
 class Configure(Stage):
@@ -136,6 +145,7 @@ class Configure(Stage):
             # A worker must fit on one node; the smallest node bounds it.
             gpus_per_node=min(node.gpus for node in config.cluster.nodes),
             engine=engine_overrides(config),
+            method=benchmark_method(config),
         )
         directory = ctx.path("configure")
         directory.mkdir(parents=True, exist_ok=True)
@@ -198,7 +208,7 @@ class Configure(Stage):
         result = aiconfigurator.load(Path(directory))
         pick = result.pick(config.configure.mode, config.configure.rank)
         plan = imported_plan(config, result, pick)
-        prediction = _estimate(plan)
+        prediction = _estimate(plan, config)
         theirs = aiconfigurator.own_numbers(pick, result)
         ctx.log.info("imported %s rank %d from %s: %s", pick.mode, pick.rank, result.directory, pick.layout())
         ranking = aiconfigurator.configure_json(result)

@@ -19,13 +19,30 @@ from automation.stage import Stage, StageContext
 METRICS = REPORTED_METRICS
 
 
-def compare(levels: list[dict[str, Any]], plan: Any) -> list[dict[str, Any]]:
-    """One row per level: measured (mean over requests), predicted at that concurrency, error = m/p − 1."""
-    from automation.perfmodel import predict_at_concurrency
+def prediction_setting(config: PipelineConfig) -> tuple[Any, Any]:
+    """(method, stack) the predictions are made with: the benchmark's method, and the serving stack that
+    ran (Dynamo's mocker adds no TRT-LLM per-request cost; evaluate.MOCKER_STACK)."""
+    from automation.perfmodel import evaluate
+    from automation.stages.configure import benchmark_method
 
+    stack = evaluate.MOCKER_STACK if config.launch.engine == "mocker" else None
+    return benchmark_method(config), stack
+
+
+def compare(
+    levels: list[dict[str, Any]], plan: Any, setting: tuple[Any, Any] = (None, None)
+) -> list[dict[str, Any]]:
+    """One row per level: measured (mean over requests), predicted at that concurrency (with `setting`:
+    the benchmark's method and the serving stack, see prediction_setting), error = m/p − 1."""
+    from automation.perfmodel import predict_at_concurrency
+    from automation.perfmodel.queueing import DEFAULT_METHOD
+
+    method, stack = setting
     rows = []
     for summary in levels:
-        predicted = predict_at_concurrency(plan, summary["concurrency"]).to_dict()
+        predicted = predict_at_concurrency(
+            plan, summary["concurrency"], method=method or DEFAULT_METHOD, stack=stack
+        ).to_dict()
         row: dict[str, Any] = {
             "concurrency": summary["concurrency"],
             "requests": summary["requests"],
@@ -84,16 +101,22 @@ def aiconfigurator_columns(
     return what, columns
 
 
-def predicted_curve(plan: Any, highest: int) -> list[dict[str, Any]]:
+def predicted_curve(plan: Any, highest: int, setting: tuple[Any, Any] = (None, None)) -> list[dict[str, Any]]:
     """The model's prediction for the deployed plan on a fine concurrency grid up to 1.5 × highest."""
     from automation.perfmodel import predict_at_concurrency
+    from automation.perfmodel.queueing import DEFAULT_METHOD
+
+    method, stack = setting
 
     grid: list[float] = []
     c = 1.0
     while c <= 1.5 * highest:
         grid.append(c)
         c *= 2**0.25
-    return [predict_at_concurrency(plan, value).to_dict() for value in grid]
+    return [
+        predict_at_concurrency(plan, value, method=method or DEFAULT_METHOD, stack=stack).to_dict()
+        for value in grid
+    ]
 
 
 # Per-level facts a newer benchmark stage records beside the summary (every one optional): rows and
@@ -335,7 +358,8 @@ def write_report(record: RunRecord, write_text: WriteText, log: logging.Logger |
     plan = configure.plan
     files = record.documents()
     documents = [document for _, document in files]
-    rows = compare([document["summary"] for document in documents], plan)
+    setting = prediction_setting(record.config)
+    rows = compare([document["summary"] for document in documents], plan, setting)
     for row, (file, document) in zip(rows, files, strict=True):
         row.update(level_extras(document, file))
     compared = _aiconfigurator(record, rows, log)
@@ -352,7 +376,7 @@ def write_report(record: RunRecord, write_text: WriteText, log: logging.Logger |
         "error_statistics": error_statistics(rows),
         "rows": rows,
         "levels": [_level(row) for row in rows],
-        "predicted_curve": predicted_curve(plan, max(*(row["concurrency"] for row in rows), design)),
+        "predicted_curve": predicted_curve(plan, max(*(row["concurrency"] for row in rows), design), setting),
     }
     if compared:
         summary["aiconfigurator"] = {"directory": compared[0], "compared": compared[1]}

@@ -184,7 +184,7 @@ def test_telemetry_samples_nodes_with_gpus_and_names_nodes_without(
 
     time.sleep(1.5)  # nvidia-smi's -lms loop is not ours to speed up: the stand-in prints every 0.1 s
     telemetry.stop()
-    assert {row[2] for row in telemetry.rows} == {0, 1}
+    assert {row.gpu for row in telemetry.rows} == {0, 1}
     summary = telemetry.summary("bench/c1.gpu.csv")
     assert summary["gpus"] == 2 and summary["util_mean"] == pytest.approx(87.0)
     assert summary["mem_max_mb"] == 71000 and summary["power_mean_w"] == pytest.approx(645.25, abs=5.3)

@@ -235,7 +235,6 @@ def test_a_run_recorded_before_the_optional_facts_still_renders(
     assert "| endpoint | not recorded |" in markdown and "| seed | 0 |" in markdown
     row = summary["rows"][2]
     predicted, error = row["ttft_ms_predicted"], row["ttft_ms_error"]
-    assert error == 142.1 / predicted - 1 or abs(error - (row["ttft_ms_measured"] / predicted - 1)) < 1e-9
     assert f"| 16 | 142.1 | {predicted:.1f} | {error * 100:+.1f}% |" in markdown
     assert summary["error_statistics"]["levels"] == ["c1", "c4", "c16"]
     assert summary["error_statistics"]["left_out"] == []

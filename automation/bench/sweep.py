@@ -150,6 +150,11 @@ class Window:
         self.sampler = server_metrics.GaugeSampler(self.url, self.model)
         self.sampler.start()
 
+    def abandon(self) -> None:
+        """Stop sampling without reading the window (a level measured again)."""
+        if self.sampler is not None:
+            self.sampler.stop()
+
     def close(self, client: dict[str, Any], measured: int, exact: bool) -> dict[str, Any]:
         """The server's measurement of the window beside `client` (a level summary)."""
         gauges = self.sampler.stop() if self.sampler is not None else (None, None)
@@ -229,7 +234,7 @@ def _builtin(
             if not run.health.saturated or ctx.bench.client_processes != "auto" or more <= processes:
                 break
             # auto: a saturated client measures the level again with more processes (its window is void).
-            window.close({}, 0, exact=False)
+            window.abandon()
             processes = more
     wall = time.perf_counter() - started
     summary = summarize(run.records, spec.concurrency, ctx.gpus, sla=ctx.sla)

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from automation.errors import StageError
 from automation.remote import Host, Stream
@@ -17,6 +17,17 @@ from automation.remote import Host, Stream
 QUERY = "index,utilization.gpu,memory.used,power.draw"
 INTERVAL_MS = 1000
 COLUMNS = ("t_s", "node", "gpu", "util_pct", "mem_used_mb", "power_w")
+
+
+class Sample(NamedTuple):
+    """One GPU's reading (None where nvidia-smi says [N/A])."""
+
+    t_s: float
+    node: str
+    gpu: int
+    util_pct: float | None
+    mem_used_mb: float | None
+    power_w: float | None
 
 
 def sampling_command(interval_ms: int = INTERVAL_MS) -> str:
@@ -37,7 +48,7 @@ class GpuTelemetry:
     hosts: Mapping[str, Host]
     present: list[str] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)
-    rows: list[tuple[float, str, int, float | None, float | None, float | None]] = field(default_factory=list)
+    rows: list[Sample] = field(default_factory=list)
     _streams: list[Stream] = field(default_factory=list)
     _readers: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -81,7 +92,9 @@ class GpuTelemetry:
                     continue
                 with self._lock:
                     self.rows.append(
-                        (now, node, int(parts[0]), _number(parts[1]), _number(parts[2]), _number(parts[3]))
+                        Sample(
+                            now, node, int(parts[0]), _number(parts[1]), _number(parts[2]), _number(parts[3])
+                        )
                     )
 
     def stop(self) -> None:
@@ -95,20 +108,19 @@ class GpuTelemetry:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(COLUMNS)
-        for t, node, gpu, util, memory, power in self.rows:
-            writer.writerow([f"{t:.3f}", node, gpu, util, memory, power])
+        for row in self.rows:
+            writer.writerow([f"{row.t_s:.3f}", row.node, row.gpu, row.util_pct, row.mem_used_mb, row.power_w])
         return out.getvalue()
 
     def summary(self, file: str) -> dict[str, Any]:
         """Mean utilisation, peak memory, mean power over every GPU sample of the level."""
 
-        def values(i: int) -> list[float]:
-            return [v for row in self.rows if (v := row[i]) is not None]  # type: ignore[misc]
-
-        util, memory, power = values(3), values(4), values(5)
+        util = [row.util_pct for row in self.rows if row.util_pct is not None]
+        memory = [row.mem_used_mb for row in self.rows if row.mem_used_mb is not None]
+        power = [row.power_w for row in self.rows if row.power_w is not None]
         out: dict[str, Any] = {
             "file": file,
-            "gpus": len({(row[1], row[2]) for row in self.rows}),
+            "gpus": len({(row.node, row.gpu) for row in self.rows}),
             "samples": len(self.rows),
             "util_mean": sum(util) / len(util) if util else None,
             "mem_max_mb": max(memory) if memory else None,

@@ -132,6 +132,24 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
     report.set_defaults(func=_report)
 
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="fit the performance model's per-system factors to measurements; write a calibration file",
+        description="fit, per GPU system, a factor on the model's prefill steps, one on its decode steps "
+        "and an extra fixed cost per request to measured TTFT and TPOT: the levels of finished runs "
+        "(run directories) and rows of measured-silicon CSVs (the columns `estimate --rows` reads). The "
+        "file records its sources and the errors before and after; use it with perfmodel.calibration.",
+        parents=[common],
+    )
+    calibrate.add_argument(
+        "sources", type=Path, nargs="+", metavar="SOURCE", help="a run directory or a measured-rows CSV"
+    )
+    calibrate.add_argument("--out", type=Path, required=True, metavar="FILE", help="the calibration file")
+    calibrate.add_argument(
+        "--system", action="append", default=[], metavar="NAME", help="fit only this system (repeatable)"
+    )
+    calibrate.set_defaults(func=_calibrate)
+
     _add_perfmodel_commands(commands, common)
     return parser
 
@@ -324,6 +342,23 @@ def _report(args: argparse.Namespace) -> int:
     record = report.read_run(args.run_dir)
     written = write_report(record, report.run_dir_writer(record))
     _console().line(f"✓ {args.run_dir}: {', '.join(written.files)}")
+    return EXIT_OK
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from automation import calibrate
+
+    console = _console()
+    gathered = calibrate.gather(args.sources)
+    for g in gathered:
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(g.skipped.items()))
+        console.line(f"{g.source.path}: {g.source.points} point(s)" + (f"; left out: {why}" if why else ""))
+    fits = calibrate.fit_all(gathered, args.system, console.line)
+    calibrate.write(args.out, calibrate.calibration_file(gathered, fits))
+    console.table(f"calibration -> {args.out}", calibrate.TABLE_COLUMNS, calibrate.table_rows(fits))
+    console.line(
+        f"use it: perfmodel: {{calibration: {args.out}}} in the pipeline, or --calibration {args.out}"
+    )
     return EXIT_OK
 
 

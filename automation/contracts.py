@@ -111,6 +111,11 @@ class ConfigureOutputs(StageOutputs):
         description="the aiconfigurator result the plan came from: directory, mode, rank, layout and its "
         "own predicted numbers (None: autodeploy's sweep picked it)",
     )
+    calibration: str | None = Field(
+        None,
+        description="the calibration the predictions used (perfmodel.calibration): file and factors; "
+        "None: the shipped per-system fit alone",
+    )
 
 
 # ------------------------------------------------------------------------------------------- generate

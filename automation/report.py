@@ -278,6 +278,8 @@ def _run_facts(run: Mapping[str, Any]) -> list[str]:
         calibration = run["calibration"]
         shown = calibration if isinstance(calibration, str) else json.dumps(calibration, sort_keys=True)
         facts.append(("calibration in force", shown))
+    if run.get("mocker_speed") is not None:
+        facts.append(("rehearsal mocker speed", _shown(run["mocker_speed"])))
     return ["## The run", "", *_table(["fact", "value"], facts), ""]
 
 

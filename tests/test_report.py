@@ -165,7 +165,8 @@ def test_a_run_with_every_optional_fact(runs: Path, capsys: pytest.CaptureFixtur
     assert facts["warmup"] == {"c1": "steady", "c4": "steady", "c16": "burst"}
     assert facts["versions"] == {"dynamo": "1.6.1", "trtllm": "1.3.0rc29", "autodeploy": "0.1.0"}
     assert facts["model"]["revision"] == "4c4d5a3b2a1f0e9d8c7b6a5f4e3d2c1b0a9f8e7d"
-    assert "calibration" not in facts
+    # Always said: here none was in force, so the shipped fit is named.
+    assert facts["calibration"] == "none: the shipped fit of h200_sxm (configs/systems/h200_sxm.fit.yaml)"
 
     # c16's client saturated: not reported, and out of the error statistics.
     predicted = f"{summary['rows'][2]['ttft_ms_predicted']:.1f}"

@@ -149,6 +149,24 @@ class ConfigureSection(Strict):
     )
 
 
+class PerfModelSection(Strict):
+    calibration: LocalPath | None = Field(
+        None,
+        description="A calibration file (`autodeploy calibrate ... --out FILE`): its per-system prefill and "
+        "decode factors and fixed cost per request apply to configure, the mocker's profiles and summarize.",
+    )
+
+
+class MockerSpeed(Strict):
+    """Rehearsal only: how much slower Dynamo's mocker runs than the shipped model believes (a stand-in
+    for hardware that differs from the model, to rehearse calibration)."""
+
+    prefill: float = Field(
+        1.0, gt=0.1, le=10.0, description="Each prefill step takes this × the model's time."
+    )
+    decode: float = Field(1.0, gt=0.1, le=10.0, description="Each decode step takes this × the model's time.")
+
+
 class Summarize(Strict):
     aiconfigurator_dir: LocalPath | None = Field(
         None,
@@ -396,6 +414,11 @@ class Launch(Strict):
         description="runtime container: extra bind mounts, node path -> container path (append ':ro' to the "
         "container path for read-only); the run directory and model.path are always mounted.",
     )
+    mocker_speed: MockerSpeed = Field(
+        default_factory=MockerSpeed,
+        description="engine mocker only: the mocker's steps take these factors × the shipped model's (never "
+        "the calibrated model's: it plays hardware that stays the same when the model is calibrated).",
+    )
 
     @field_validator("python")
     @classmethod
@@ -618,6 +641,9 @@ class PipelineConfig(Strict):
         default_factory=ConfigureSection, description="Where the deployed plan comes from."
     )
     search: Search = Field(default_factory=Search, description="What the configure stage sweeps.")
+    perfmodel: PerfModelSection = Field(
+        default_factory=PerfModelSection, description="The performance model's calibration."
+    )
     backend: Backend = Field(default_factory=Backend, description="Inference backend and its version.")
     engine: Engine = Field(
         default_factory=Engine, description="TRT-LLM engine settings, shared and per role."

@@ -13,6 +13,9 @@ from typing import Any
 from automation.errors import InputError
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
+# aiconfigurator's flat model_configs layout: `<org>--<name>_config.json` (+ `_hf_quant_config.json`).
+FLAT_CONFIG_SUFFIX = "_config.json"
+FLAT_HF_QUANT_SUFFIX = "_hf_quant_config.json"
 
 # Bytes per weight element for each GEMM dtype the model knows.
 WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp8_block": 1.0, "fp4": 0.5625}  # nvfp4: 4 bit + one fp8 scale / 16
@@ -20,6 +23,15 @@ KV_BYTES = {"fp8": 1.0, "bf16": 2.0}
 # kv_cache_quant_algo values that state a 16-bit KV cache (ModelOpt writes null for it; a row or an engine
 # config that pins bf16 writes one of these).
 KV_16BIT = frozenset({"BF16", "BFLOAT16", "FP16", "FLOAT16", "NONE", "AUTO"})
+# `<model>@<quant>` (quant one of WEIGHT_BYTES) names a model at a quantization other than its checkpoint's:
+# load_model applies ModelArch.with_quant. An HF id cannot contain "@".
+QUANT_SEP = "@"
+
+
+def _quant_suffix(name: str) -> str:
+    """The `@<quant>` suffix of a model name ("" when it has none)."""
+    head, sep, tail = name.rpartition(QUANT_SEP)
+    return tail if sep and head and tail in WEIGHT_BYTES else ""
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,29 @@ class ModelArch:
     @property
     def kv_bytes(self) -> float:
         return KV_BYTES[self.kv_dtype]
+
+    def with_quant(self, gemm: str | None = None, moe: str | None = None) -> ModelArch:
+        """The architecture as a run quantized to `gemm` (dense GEMMs) and `moe` (routed experts) runs it,
+        instead of the checkpoint's own quantization (None or "": the checkpoint's).
+
+        Values are gemm_quant names (WEIGHT_BYTES). Experts and dense GEMMs share one precision here, so a
+        MoE model given two different ones is refused (ValueError); a dense model ignores `moe`. The KV cache
+        follows as aiconfigurator infers it for a checkpoint of that quantization with no stated KV algo
+        (_detect_quant): fp8 for fp8, fp8_block and fp4, bf16 for bf16. The name gets `@<quant>` appended,
+        which load_model reads back (so a Plan naming it stays a plain, self-contained value).
+        """
+        want = gemm or ""
+        if self.is_moe and moe and moe != want:
+            if want:
+                raise ValueError(f"gemm {gemm} with moe {moe}: one GEMM precision only")
+            want = moe
+        if not want:
+            return self
+        if want not in WEIGHT_BYTES:
+            raise ValueError(f"unknown quantization {want!r} (one of {', '.join(WEIGHT_BYTES)})")
+        base = self.name.rsplit(QUANT_SEP, 1)[0] if _quant_suffix(self.name) else self.name
+        kv = "bf16" if want == "bf16" else "fp8"
+        return replace(self, name=f"{base}{QUANT_SEP}{want}", gemm_quant=want, kv_dtype=kv)
 
     def with_kv_cache(self, engine_dtype: str | None) -> ModelArch:
         """The architecture as an engine with kv_cache_config.dtype = `engine_dtype` runs it: "fp8" gives an
@@ -259,12 +294,30 @@ def known_models() -> list[str]:
 
 @lru_cache(maxsize=64)
 def load_model(name_or_dir: str) -> ModelArch:
-    """Architecture of a packaged HF id (case-insensitive) or of a local directory holding config.json."""
+    """Architecture of a packaged HF id (case-insensitive), of a local directory holding config.json, or of
+    a config file in aiconfigurator's flat model_configs layout (`<org>--<name>_config.json`, with an
+    optional sibling `<org>--<name>_hf_quant_config.json`).
+
+    `<model>@<quant>` is that model at another quantization (ModelArch.with_quant; quant one of
+    WEIGHT_BYTES), e.g. "Qwen/Qwen3-32B@fp8".
+    """
     if not isinstance(name_or_dir, str) or not name_or_dir.strip():
         raise InputError(
             "model must be a non-empty HF id or directory", hint="e.g. --model Qwen/Qwen3-32B-FP8"
         )
+    quant = _quant_suffix(name_or_dir)
+    if quant:
+        base = load_model(name_or_dir[: -len(quant) - len(QUANT_SEP)])
+        return replace(base.with_quant(quant), name=name_or_dir)
     path = Path(name_or_dir).expanduser()
+    if path.is_file() and path.name.endswith(FLAT_CONFIG_SUFFIX):
+        hq_path = path.with_name(path.name[: -len(FLAT_CONFIG_SUFFIX)] + FLAT_HF_QUANT_SUFFIX)
+        try:
+            cfg = json.loads(path.read_text())
+            hq = json.loads(hq_path.read_text()) if hq_path.is_file() else None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read {path}: {exc}", hint="is it valid JSON?") from None
+        return arch_from_config(str(path), cfg, hq)
     if path.is_dir():
         cfg_path = path / "config.json"
         if not cfg_path.is_file():

@@ -35,7 +35,9 @@ def add_configure_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Sweep aggregated and disaggregated TRT-LLM deployments and rank them by cluster tokens/s/gpu.",
     )
     p.add_argument("--model", help="HF id (e.g. Qwen/Qwen3-32B-FP8) or a local dir with config.json")
-    p.add_argument("--system", help="GPU system: h100_sxm, h200_sxm, b200_sxm, a100_sxm")
+    p.add_argument(
+        "--system", help="GPU system: a100_sxm, h100_sxm, h200_sxm, b200_sxm, b300_sxm, gb200, gb300"
+    )
     p.add_argument(
         "--total-gpus",
         type=_int,
@@ -63,6 +65,13 @@ def add_configure_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--top-n", type=_int, default=3, help="candidates to show per mode")
     p.add_argument(
         "--save-dir", type=Path, default=None, help="write pareto.csv, best_config_topn.csv and a plot"
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help="sweep under a calibration (`autodeploy calibrate ... --out FILE`)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_configure)
@@ -112,6 +121,13 @@ def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="with --rows: write id,ttft_ms,tpot_ms,error",
     )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help="predict under a calibration (`autodeploy calibrate ... --out FILE`)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_estimate)
     parser: argparse.ArgumentParser = p
@@ -156,6 +172,7 @@ def run_configure(args: argparse.Namespace) -> int:
         modes=modes,
         top_n=args.top_n,
         gpus_per_node=args.gpus_per_node,
+        calibration=str(args.calibration.absolute()) if args.calibration else "",
     )
     if args.save_dir is not None:
         from automation.perfmodel.report import write_search_report

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from automation.perfmodel.plan import (
     role_plan,
 )
 from automation.perfmodel.plan import agg_ctx_tokens as _ctx_tokens
-from automation.perfmodel.system import SystemSpec, load_system
+from automation.perfmodel.system import SystemSpec, calibrated_stack, load_system
 
 GIB = 2**30  # bytes per GiB: memory is reported in GiB, as nvidia-smi and TRT-LLM logs do
 
@@ -187,7 +188,7 @@ def estimate(
     TPOT, throughput rate-matched min(0.9·x·prefill, 0.92·y·decode)·osl / GPUs.
     """
     _check_plan(plan)
-    arch, sysc = load_model(plan.model), load_system(plan.system)
+    arch, sysc = load_model(plan.model), load_system(plan.system, plan.calibration)
     if plan.mode == "agg":
         r = plan.role("agg")
         m, _ = _agg(plan, r.max_batch_size, arch, sysc)
@@ -275,7 +276,7 @@ def _agg_kv(plan: Plan) -> int:
 @functools.lru_cache(maxsize=512)
 def _agg_mixed_row(plan: Plan, slots: int, k: int, chunks: int) -> list[float]:
     r = plan.role("agg")
-    arch, sysc = load_model(plan.model), load_system(plan.system)
+    arch, sysc = load_model(plan.model), load_system(plan.system, plan.calibration)
     g = np.arange(slots + 1, dtype=float)
     kv = _agg_kv(plan)
     if chunks > 1:
@@ -289,7 +290,7 @@ def _agg_mixed_row(plan: Plan, slots: int, k: int, chunks: int) -> list[float]:
 @functools.lru_cache(maxsize=256)
 def _agg_tables(plan: Plan) -> _AggTables:
     r = plan.role("agg")
-    arch, sysc = load_model(plan.model), load_system(plan.system)
+    arch, sysc = load_model(plan.model), load_system(plan.system, plan.calibration)
     par = r.parallelism
     slots = max(min(r.max_batch_size, kv_slots(arch, sysc, r, plan.isl, plan.osl)), 1)
     g = np.arange(slots + 1, dtype=float)
@@ -307,7 +308,7 @@ def _agg_tables(plan: Plan) -> _AggTables:
 @functools.lru_cache(maxsize=256)
 def _disagg_tables(plan: Plan, users: int) -> _DisaggTables:
     """The replica's stations; the decode table runs to min(users, slots) running requests."""
-    arch, sysc = load_model(plan.model), load_system(plan.system)
+    arch, sysc = load_model(plan.model), load_system(plan.system, plan.calibration)
     p, d = plan.role("prefill"), plan.role("decode")
     pdp = p.parallelism.attention_dp
     per_step = p.max_num_tokens // plan.isl if p.max_num_tokens >= plan.isl else 1
@@ -340,6 +341,7 @@ def _disagg_tables(plan: Plan, users: int) -> _DisaggTables:
 @functools.lru_cache(maxsize=4096)
 def _simulate(plan: Plan, users: int, stack: queueing.Stack, method: queueing.Method) -> queueing.SimResult:
     """The benchmark's means for one agg rank or one disagg replica with `users` users (cached)."""
+    stack = calibrated_stack(stack, load_system(plan.system, plan.calibration))
     if plan.mode == "agg":
         a = _agg_tables(plan)
         return queueing.simulate_agg(
@@ -397,8 +399,8 @@ def closed_form_ttft(
 ) -> float:
     """The benchmark's mean TTFT for `plan` at `concurrency` users in closed form (queueing.closed_form_*),
     on the same stations as `simulate`: what the sweep screens its candidates with (search)."""
-    arch, sysc = load_model(plan.model), load_system(plan.system)
-    st = trtllm_stack(plan.system) if stack is None else stack
+    arch, sysc = load_model(plan.model), load_system(plan.system, plan.calibration)
+    st = calibrated_stack(trtllm_stack(plan.system) if stack is None else stack, sysc)
     per_replica = max(concurrency / plan.replicas, 1.0)
     if plan.mode == "agg":
         r = plan.role("agg")
@@ -471,7 +473,7 @@ def predict_at_concurrency(
     _check_plan(plan)
     if not isinstance(concurrency, int | float) or concurrency <= 0:
         raise InputError(f"concurrency must be > 0 (got {concurrency})", hint="pass a positive number")
-    arch, sysc = load_model(plan.model), load_system(plan.system)
+    arch, sysc = load_model(plan.model), load_system(plan.system, plan.calibration)
     per_replica = concurrency / plan.replicas
     sim = simulate(plan, concurrency, method, stack)
     if plan.mode == "agg":
@@ -602,7 +604,8 @@ def kv_cache_dtype(arch: ModelArch) -> KvCacheDtype:
 def estimate_cli(args: Any) -> dict[str, Any]:
     """`autodeploy estimate`: one configuration's prediction as a JSON-able dict."""
     isl, osl = _positive("isl", args.isl), _positive("osl", args.osl)
-    arch, sysc = load_model(args.model), load_system(args.system)
+    calibration = str(Path(args.calibration).absolute()) if getattr(args, "calibration", None) else ""
+    arch, sysc = load_model(args.model), load_system(args.system, calibration)
     mode = args.mode
     if mode in ("agg", "prefill", "decode"):
         tp, b = _positive("tp", args.tp), _positive("batch-size", args.batch_size)
@@ -613,7 +616,7 @@ def estimate_cli(args: Any) -> dict[str, Any]:
                 _positive("max-num-tokens", args.max_num_tokens) if args.max_num_tokens is not None else None
             )
             role = make_role(arch, "agg", tp, b, isl, osl, pp, ep, dp, 1, mnt)
-            return _pred_dict(estimate(Plan("agg", arch.name, sysc.name, (role,), 1, isl, osl)))
+            return _pred_dict(estimate(Plan("agg", arch.name, sysc.name, (role,), 1, isl, osl, calibration)))
         role = make_role(arch, mode, tp, b, isl, osl, pp, ep, dp)
         mem = role_memory(arch, sysc, role, isl + osl)
         gpus = role.gpus_per_worker
@@ -652,7 +655,7 @@ def estimate_cli(args: Any) -> dict[str, Any]:
                 _positive(f"{r}-workers", getattr(args, f"{r}_workers")),
             )
         )
-    return _pred_dict(estimate(Plan("disagg", arch.name, sysc.name, tuple(roles), 1, isl, osl)))
+    return _pred_dict(estimate(Plan("disagg", arch.name, sysc.name, tuple(roles), 1, isl, osl, calibration)))
 
 
 def _pred_dict(p: Prediction) -> dict[str, Any]:

@@ -364,4 +364,20 @@ def step_ms(
         + np.where(lt > 0, gemm_ms(sysc, lt, arch.vocab / tp, h, "bf16"), 0.0)
         + (pp - 1.0) * (m * h * 2.0 / (sysc.link_gbs(width * pp) * 1e9) + sysc.p2p_us * 1e-6) * 1e3
     )
-    return total + per_pass
+    return calibrated(sysc, total + per_pass, m, gen_reqs)
+
+
+def calibrated(sysc: SystemSpec, step: Arr, tokens: Arr, gen_reqs: Arr) -> Arr:
+    """A step time under the system's calibration (perfmodel.calibration): prefill work runs
+    `prefill_scale` and decode work `decode_scale` times the fitted kernels' time.
+
+    t' = t · (s_d + (s_p − s_d) · w),  w = (tokens − gen_reqs) / tokens, the step's share of prompt tokens
+    (a mixed step of one 2,048-token chunk and 30 decodes is w ≈ 0.99). Weighting by tokens rather than by
+    time is exact for a prefill-only or a decode-only step, the two the disaggregated roles and the mocker's
+    profiles run; a mixed agg step is dominated by its chunk either way.
+    """
+    if sysc.prefill_scale == 1.0 and sysc.decode_scale == 1.0:
+        return step
+    m = np.maximum(np.asarray(tokens, dtype=float), 1e-9)
+    w = np.clip((m - np.asarray(gen_reqs, dtype=float)) / m, 0.0, 1.0)
+    return step * (sysc.decode_scale + (sysc.prefill_scale - sysc.decode_scale) * w)

@@ -256,6 +256,9 @@ class Plan:
     replicas: int
     isl: int
     osl: int
+    # The calibration file (absolute path) whose per-system factors the predictions of this plan use;
+    # empty: the shipped fit alone (perfmodel.calibration).
+    calibration: str = ""
 
     @property
     def gpus_per_replica(self) -> int:

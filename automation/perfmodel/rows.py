@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -14,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from automation.errors import InputError
-from automation.perfmodel.arch import MODELS_DIR, ModelArch, known_models, load_model
+from automation.perfmodel.arch import (
+    FLAT_CONFIG_SUFFIX,
+    FLAT_HF_QUANT_SUFFIX,
+    MODELS_DIR,
+    ModelArch,
+    known_models,
+    load_model,
+)
 from automation.perfmodel.plan import Plan, Prediction, Role, RolePlan
 from automation.perfmodel.system import known_systems, load_system
 
@@ -54,6 +60,10 @@ MODEL_ALIASES = {
     "meta-llama/llama-3.1-70b": "meta-llama/Meta-Llama-3.1-70B",
     "meta-llama/llama-3.1-70b-instruct": "meta-llama/Meta-Llama-3.1-70B",
     "meta-llama/llama-3.1-405b": "meta-llama/Meta-Llama-3.1-405B",
+    # NVIDIA's ModelOpt NVFP4 releases quantize a checkpoint and keep its architecture (config.json is the
+    # base model's plus quantization_config); the rows state the nvfp4 quantization in their own columns.
+    "nvidia/deepseek-r1-nvfp4": "deepseek-ai/DeepSeek-R1",
+    "nvidia/qwen3-32b-nvfp4": "Qwen/Qwen3-32B",
 }
 
 _CONCURRENCY = re.compile(r"silicon_concurrency=(\d+)")
@@ -165,6 +175,7 @@ class _Source:
     name: str
     config: dict[str, Any]
     hf_quant: dict[str, Any] | None
+    load: str  # what load_model reads it under: the packaged id, a directory or a flat config file
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -188,27 +199,24 @@ def _architecture(cfg: dict[str, Any]) -> str:
 
 
 class RowPredictor:
-    """Reads rows into Plans and predicts them; use as a context manager (it owns a scratch directory).
+    """Reads rows into Plans and predicts them; usable as a context manager (it holds no resources).
 
-    predict_at_concurrency loads its model by name, so each (checkpoint, quantization) a row asks for is
-    written once into the scratch directory as a model directory (config.json, hf_quant_config.json) that
-    says that quantization; load_model reads it like any local checkpoint.
+    A row's quantization (gemm_quant_mode / moe_quant_mode) overrides the checkpoint's through
+    ModelArch.with_quant: the Plan names the model `<checkpoint>@<quant>` (arch.QUANT_SEP), which
+    load_model resolves on its own, so a row's Plan stays a self-contained value that can be predicted
+    again after the predictor is gone (perfmodel.calibration does). A checkpoint found in a flat
+    model_configs directory is named by its config file's path.
     """
 
     def __init__(self, model_dirs: Sequence[Path] = ()) -> None:
         self.model_dirs = [Path(d) for d in model_dirs]
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._sources: dict[str, _Source | RowError] = {}
-        self._materialized: dict[tuple[str, str], str] = {}
 
     def __enter__(self) -> RowPredictor:
-        self._tmp = tempfile.TemporaryDirectory(prefix="autodeploy-rows-")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        return None
 
     # -- models ---------------------------------------------------------------------------------------
 
@@ -231,18 +239,25 @@ class RowPredictor:
             if not cfg_path.is_file():
                 raise RowError("unknown model", f"model directory {model_path} has no config.json")
             hq = path / "hf_quant_config.json"
-            return _Source(str(path), _read_json(cfg_path), _read_json(hq) if hq.is_file() else None)
+            return _Source(
+                str(path), _read_json(cfg_path), _read_json(hq) if hq.is_file() else None, str(path)
+            )
         hf_id = MODEL_ALIASES.get(model_path.lower(), model_path)
         packaged = {m.lower(): m for m in known_models()}.get(hf_id.lower())
         if packaged is not None:
             data = _read_json(MODELS_DIR / f"{packaged.replace('/', '--')}.json")
-            return _Source(packaged, dict(data["config"]), data.get("hf_quant_config"))
+            return _Source(packaged, dict(data["config"]), data.get("hf_quant_config"), packaged)
         stem = hf_id.replace("/", "--")
         for d in self.model_dirs:
-            cfg_path = d / f"{stem}_config.json"
+            cfg_path = d / f"{stem}{FLAT_CONFIG_SUFFIX}"
             if cfg_path.is_file():
-                hq = d / f"{stem}_hf_quant_config.json"
-                return _Source(hf_id, _read_json(cfg_path), _read_json(hq) if hq.is_file() else None)
+                hq = d / f"{stem}{FLAT_HF_QUANT_SUFFIX}"
+                return _Source(
+                    hf_id,
+                    _read_json(cfg_path),
+                    _read_json(hq) if hq.is_file() else None,
+                    str(cfg_path.resolve()),
+                )
         raise RowError("unknown model", f"model not known: {model_path}")
 
     def checkpoint(self, model_path: str) -> str:
@@ -250,7 +265,7 @@ class RowPredictor:
         return self._find(model_path).name
 
     def _model(self, model_path: str, gemm: str, moe: str) -> tuple[str, ModelArch]:
-        """The model directory (as load_model reads it) and architecture of a checkpoint at the row's
+        """The model name (as load_model reads it) and architecture of a checkpoint at the row's
         quantization ("" = the checkpoint's own)."""
         src = self._find(model_path)
         arch_name = _architecture(src.config)
@@ -258,48 +273,13 @@ class RowPredictor:
             raise RowError(
                 "unsupported architecture", f"unsupported architecture {arch_name or '?'} ({src.name})"
             )
-        experts = src.config.get("text_config") or src.config
-        is_moe = bool(
-            experts.get("num_experts") or experts.get("n_routed_experts") or experts.get("num_local_experts")
-        )
-        want = gemm
-        if is_moe and moe != gemm:
-            # Experts and dense GEMMs share ModelArch.gemm_quant; a blank mode means the checkpoint's.
-            if gemm and moe:
-                raise RowError(
-                    "unsupported quantization", f"gemm {gemm} with moe {moe}: one GEMM precision only"
-                )
-            want = gemm or moe
-        key = (src.name, want)
-        if key not in self._materialized:
-            self._materialized[key] = self._write_model(src, want)
-        name = self._materialized[key]
-        arch = load_model(name)
-        if want and arch.gemm_quant != want:
-            raise RowError("unsupported quantization", f"cannot express {want} for {src.name}")
-        return name, arch
-
-    def _write_model(self, src: _Source, quant: str) -> str:
-        if self._tmp is None:
-            raise RuntimeError("RowPredictor must be used as a context manager")
-        cfg = dict(src.config)
-        hq = src.hf_quant
-        if quant:
-            # The row's quantization replaces the checkpoint's: the ways arch._detect_quant reads each one.
-            cfg.pop("quantization_config", None)
-            hq = None
-            if quant == "fp8":
-                cfg["quantization_config"] = {"quant_method": "fp8"}
-            elif quant == "fp8_block":
-                cfg["quantization_config"] = {"quant_method": "fp8", "weight_block_size": [128, 128]}
-            elif quant == "fp4":
-                hq = {"quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": "FP8"}}
-        d = Path(self._tmp.name) / f"{src.name.replace('/', '--')}@{quant or 'checkpoint'}"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "config.json").write_text(json.dumps(cfg))
-        if hq is not None:
-            (d / "hf_quant_config.json").write_text(json.dumps(hq))
-        return str(d)
+        try:
+            arch = load_model(src.load).with_quant(gemm, moe)
+        except ValueError as exc:
+            raise RowError("unsupported quantization", str(exc)) from None
+        except InputError as exc:
+            raise RowError("unknown model", exc.message) from None
+        return arch.name, arch
 
     # -- layout ---------------------------------------------------------------------------------------
 
@@ -354,7 +334,8 @@ class RowPredictor:
         if system not in known_systems():
             raise RowError("unknown system", f"unknown system {row.get('system', '')}")
         if mode == "agg":
-            widths, batch, note = _agg_layout(row, layouts[0], conc, load_system(system).gpus_per_node)
+            spec = load_system(system)
+            widths, batch, note = _agg_layout(row, layouts[0], conc, spec.gpus_per_node, spec.domain_gpus)
             tp, pp, dp, ep = widths
             role = make_role(arch, "agg", tp, batch, isl, osl, pp, ep, dp, 1)
             plan = Plan("agg", name, system, (role,), 1, isl, osl)
@@ -385,7 +366,7 @@ class RowPredictor:
             pred = predict_at_concurrency(plan, rp.concurrency)
         except InputError as exc:
             return RowResult(rid, error=exc.message, kind="layout invalid", row_plan=rp)
-        arch, sysc = load_model(plan.model), load_system(plan.system)
+        arch, sysc = load_model(plan.model), load_system(plan.system, plan.calibration)
         held = plan.role("agg" if plan.mode == "agg" else "decode")
         ranks = (
             held.workers * held.parallelism.attention_dp * (held.parallelism.pp if plan.mode == "agg" else 1)
@@ -427,6 +408,11 @@ def _widths(row: dict[str, str], prefix: str, arch: ModelArch) -> tuple[int, int
     tp, pp = _int(row, prefix + "tp_size"), _int(row, prefix + "pp_size")
     dp, mtp, mep = (_int(row, prefix + k) for k in ("attention_dp_size", "moe_tp_size", "moe_ep_size"))
     dp = 1 if dp is None else dp
+    if dp == 0 and not arch.is_moe:
+        # The exporter writes 0 for "off" in the parallel columns a layout does not use (a dense model's
+        # moe_tp/moe_ep, and attention DP next to them: ids such as ..._tp2_epnone_...); a dense model
+        # runs no attention DP.
+        dp = 1
     for key, value in (("tp_size", tp), ("pp_size", pp), ("attention_dp_size", dp)):
         if value is None or value <= 0:
             raise RowError("layout invalid", f"{prefix}{key} {value} is not a positive width")
@@ -459,37 +445,51 @@ def _widths(row: dict[str, str], prefix: str, arch: ModelArch) -> tuple[int, int
 
 
 def _agg_layout(
-    row: dict[str, str], widths: tuple[int, int, int, int], conc: int, gpus_per_node: int
+    row: dict[str, str],
+    widths: tuple[int, int, int, int],
+    conc: int,
+    gpus_per_node: int,
+    domain_gpus: int = 0,
 ) -> tuple[tuple[int, int, int, int], int, str]:
     """An agg row's (tp, pp, dp, ep), batch per attention rank, and a note when a rule rewrote the columns.
 
+    A worker may span one NVLink domain (SystemSpec.domain_gpus: a node, or a GB200/GB300 NVL72 rack of
+    72 GPUs over 4-GPU trays, where TRT-LLM runs TP/EP over NVLink across trays); up to that width the
+    columns are read as they stand.
+
     Some exports multiplied TP by EP into the GPU count (a tp8 ep8 run became 64 GPUs: attention_dp 64 or
-    tp 64, moe_tp 8 × moe_ep 8, batch concurrency/64). A worker wider than one node of the system whose
-    id names tpT_epE with T·E = its width is read as the id says: T GPUs (attention DP over them where
-    the columns had attention DP), moe_ep E, batch concurrency / attention ranks. Wider than a node with
-    no such id: ambiguous.
+    tp 64, moe_tp 8 × moe_ep 8, batch concurrency/64). aiconfigurator's InferenceX adapter shows how: it
+    derives a worker's GPUs from the record's GPU count, then attention DP = GPUs and moe_tp = GPUs / ep
+    (src/aiconfigurator/sdk/config_adapter/inferencex.py, `_worker`, ai-dynamo/aiconfigurator main
+    @095f58a); fed tp × ep GPUs it writes exactly these columns, and moe_tp is then the run's TP. A worker
+    wider than the domain whose id names tpT_epE with T·E = its width, or (no layout in the id) whose
+    moe_tp T × moe_ep E = its width, is read as T GPUs (attention DP over them where the columns had
+    attention DP), moe_ep E, batch concurrency / attention ranks. Wider than the domain otherwise:
+    ambiguous.
     """
     tp, pp, dp, ep = widths
     batch = conc // dp
     width = tp * dp * pp
-    if width <= gpus_per_node:
+    limit = max(domain_gpus, gpus_per_node)
+    if width <= limit:
         return (tp, pp, dp, ep), batch, ""
+    where = f"agg worker of {width} GPUs on {gpus_per_node}-GPU nodes" + (
+        f" ({limit}-GPU NVLink domain)" if limit > gpus_per_node else ""
+    )
     m = _ID_LAYOUT.search(row.get("id", ""))
-    if m is None:
-        raise RowError(
-            "layout ambiguous",
-            f"agg worker of {width} GPUs on {gpus_per_node}-GPU nodes and no layout in the id (TP×EP-inflated?)",
-        )
-    t, e = int(m.group(1)), int(m.group(2))
-    if t * e != width or t > gpus_per_node or t % e:
-        raise RowError(
-            "layout ambiguous",
-            f"agg worker of {width} GPUs on {gpus_per_node}-GPU nodes; the id's tp{t} ep{e} does not explain it",
-        )
+    if m is not None:
+        t, e, named = int(m.group(1)), int(m.group(2)), "the id's"
+    else:
+        mtp, mep = _int(row, "moe_tp_size"), _int(row, "moe_ep_size")
+        if not mtp or not mep or mtp * mep != width or pp != 1:
+            raise RowError("layout ambiguous", f"{where} and no layout in the id (TP×EP-inflated?)")
+        t, e, named = mtp, mep, "moe_tp × moe_ep"
+    if t * e != width or t > limit or t % e:
+        raise RowError("layout ambiguous", f"{where}; the id's tp{t} ep{e} does not explain it")
     new_dp = t if dp > 1 else 1
     if conc % new_dp:
         raise RowError("layout ambiguous", f"concurrency {conc} does not split over {new_dp} attention ranks")
-    note = f"tp{tp} dp{dp} ({width} GPUs) read as the id's tp{t} ep{e}"
+    note = f"tp{tp} dp{dp} ({width} GPUs) read as {named} tp{t} ep{e}"
     return (t // new_dp, 1, new_dp, e), conc // new_dp, note
 
 

@@ -28,7 +28,7 @@ from automation.perfmodel.plan import (
     role_plan,
     takes_a_prompt,
 )
-from automation.perfmodel.system import SystemSpec, load_system
+from automation.perfmodel.system import SystemSpec, calibrated_stack, load_system
 
 # Batch grids (per attention rank), as dense as the reference tool's sweep.
 AGG_BATCHES = np.array(
@@ -439,6 +439,7 @@ def search(
     engine: Mapping[Role, EngineOverrides] | None = None,
     method: queueing.Method = queueing.DEFAULT_METHOD,
     stack: queueing.Stack | None = None,
+    calibration: str = "",
 ) -> SearchResult:
     """Sweep agg and/or disagg deployments of `model` on `total_gpus` GPUs of `system`.
 
@@ -456,9 +457,11 @@ def search(
     candidates meeting TTFT ≤ ttft_ms and TPOT ≤ tpot_ms and fitting in memory; keep the best per
     parallel config (decode config for disagg), top_n per mode; the winner is the mode whose best
     is higher. If nothing meets the SLA, winner is None and `closest` holds the least-violating ones.
+    `calibration` (a calibration file, perfmodel.calibration) scales the system's steps and fixed costs;
+    every plan carries it.
     """
     _validate(total_gpus, isl, osl, ttft_ms, tpot_ms, top_n, modes)
-    arch, sysc = load_model(model), load_system(system)
+    arch, sysc = load_model(model), load_system(system, calibration)
     per_node = gpus_per_node or sysc.gpus_per_node
     if per_node <= 0:
         raise InputError(
@@ -471,13 +474,15 @@ def search(
     }
     kv_dtype = kv_cache_dtype(arch)
     serving = trtllm_stack(sysc) if stack is None else stack
+    # The closed-form screens take the stack as the calibration leaves it; estimate() adds it itself.
+    screen = calibrated_stack(serving, sysc)
     top: dict[str, list[Candidate]] = {}
     frontier: dict[str, dict[str, np.ndarray]] = {}
     closest: list[Candidate] = []
     least: list[tuple[Callable[[int], Candidate], list[int]]] = []
     for mode in modes:
         if mode == "agg":
-            pts = _sweep_agg(arch, sysc, configs, total_gpus, isl, osl, overrides["agg"], serving, method)
+            pts = _sweep_agg(arch, sysc, configs, total_gpus, isl, osl, overrides["agg"], screen, method)
             key = pts["cfg"]
 
             def make(i: int, pts: dict[str, Any] = pts) -> Candidate:
@@ -494,7 +499,7 @@ def search(
                     ctx_tokens=int(pts["ctx"][i]),
                 )
                 gpus = role.gpus_per_worker
-                plan = Plan("agg", arch.name, sysc.name, (role,), total_gpus // gpus, isl, osl)
+                plan = Plan("agg", arch.name, sysc.name, (role,), total_gpus // gpus, isl, osl, calibration)
                 return _candidate(plan, total_gpus, ttft_ms, tpot_ms, method, serving)
         else:
             pts = _sweep_disagg(
@@ -508,7 +513,7 @@ def search(
                 ttft_ms,
                 overrides["prefill"],
                 overrides["decode"],
-                serving,
+                screen,
                 method,
             )
             key = pts["dcfg"]
@@ -519,7 +524,9 @@ def search(
                 pre = role_plan("prefill", pc, x, 1, isl, osl, kv_dtype, overrides["prefill"])
                 dec = role_plan("decode", dc, y, b, isl, osl, kv_dtype, overrides["decode"])
                 gpr = pre.gpus_per_worker * pre.workers + dec.gpus_per_worker * dec.workers
-                plan = Plan("disagg", arch.name, sysc.name, (pre, dec), total_gpus // gpr, isl, osl)
+                plan = Plan(
+                    "disagg", arch.name, sysc.name, (pre, dec), total_gpus // gpr, isl, osl, calibration
+                )
                 return _candidate(plan, total_gpus, ttft_ms, tpot_ms, method, serving)
 
         if pts["tpot"].size == 0:

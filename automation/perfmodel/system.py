@@ -69,6 +69,13 @@ class SystemSpec:
     kv_transfer_us: float = 300.0
     fit: dict[str, float] = field(default_factory=lambda: dict(FIT_DEFAULTS))
     fit_source: str = "defaults"
+    # A calibration from measurements (perfmodel.calibration): every prefill step runs prefill_scale and
+    # every decode step decode_scale times the fitted kernels' time (ops.calibrated); `calibration` names
+    # the file, empty when none is in force.
+    prefill_scale: float = 1.0
+    decode_scale: float = 1.0
+    extra_request_ms: float = 0.0  # added to the serving stack's fixed per-request cost (calibrated_stack)
+    calibration: str = ""
 
     @property
     def hbm_bytes(self) -> float:
@@ -124,9 +131,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         return yaml.load(f, Loader=loader) or {}
 
 
-@lru_cache(maxsize=16)
-def load_system(name: str) -> SystemSpec:
-    """The spec of a named system plus its fitted efficiencies (`<name>.fit.yaml`, if present)."""
+@lru_cache(maxsize=32)
+def load_system(name: str, calibration: str = "") -> SystemSpec:
+    """The spec of a named system plus its fitted efficiencies (`<name>.fit.yaml`, if present), under the
+    calibration file `calibration` when one is named (perfmodel.calibration.apply)."""
+    if calibration:
+        from automation.perfmodel.calibration import apply
+
+        return apply(load_system(name), calibration)
     if not isinstance(name, str) or not name.strip():
         raise InputError("system must be a non-empty name", hint=f"one of {', '.join(known_systems())}")
     key = name.strip().lower()
@@ -169,3 +181,11 @@ def load_system(name: str) -> SystemSpec:
         fit=fit,
         fit_source=source,
     )
+
+
+def calibrated_stack(stack: Any, sysc: SystemSpec) -> Any:
+    """The serving stack (queueing.Stack) with the calibration's extra fixed cost per request added to its
+    own: the calibration measures what the stack that ran costs beyond what the model charged it."""
+    if not sysc.extra_request_ms:
+        return stack
+    return replace(stack, request_ms=max(stack.request_ms + sysc.extra_request_ms, 0.0))

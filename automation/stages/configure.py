@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +84,27 @@ def imported_plan(config: PipelineConfig, result: Any, pick: Any) -> Plan:
     return deployed_plan(config, plan)
 
 
+def calibration_reference(config: PipelineConfig) -> str:
+    """The calibration file the plan's predictions use (perfmodel.calibration, absolute), "" for none."""
+    path = config.perfmodel.calibration
+    return str(Path(path).expanduser().absolute()) if path is not None else ""
+
+
+def calibration_inputs(config: PipelineConfig) -> dict[str, Any]:
+    """What configure's fingerprint holds of the calibration: its path and content (an edited file
+    plans again); nothing when none is named, so that runs from before calibrations keep theirs."""
+    import hashlib
+
+    ref = calibration_reference(config)
+    if not ref:
+        return {}
+    try:
+        digest = hashlib.sha256(Path(ref).read_bytes()).hexdigest()
+    except OSError:
+        digest = "unreadable"  # configure names the problem when it reads the file
+    return {"calibration": {"path": ref, "sha256": digest}}
+
+
 def benchmark_method(config: PipelineConfig) -> Any:
     """How the benchmark will measure (requests per user, warm-up method): what the predictions model,
     since TTFT depends on it (a burst's first batch queues; docs/benchmark.md)."""
@@ -90,6 +112,13 @@ def benchmark_method(config: PipelineConfig) -> Any:
 
     bench = config.benchmark
     return Method(requests_per_concurrency=bench.requests_per_concurrency, warmup=bench.warmup)
+
+
+def calibration_in_force(plan: Plan) -> str | None:
+    """One line naming the plan's calibration and its factors (None: the shipped fit alone)."""
+    from automation.perfmodel.calibration import describe
+
+    return describe(plan.calibration, plan.system) if plan.calibration else None
 
 
 def _estimate(plan: Plan, config: PipelineConfig) -> Any:
@@ -122,6 +151,7 @@ class Configure(Stage):
             "engine": config.engine.model_dump(),
             "gpus_per_node": [node.gpus for node in config.cluster.nodes],
             "source": config.configure.model_dump(mode="json"),
+            **calibration_inputs(config),
         }
 
     def run(self, ctx: StageContext) -> ConfigureOutputs:
@@ -146,6 +176,7 @@ class Configure(Stage):
             gpus_per_node=min(node.gpus for node in config.cluster.nodes),
             engine=engine_overrides(config),
             method=benchmark_method(config),
+            calibration=calibration_reference(config),
         )
         directory = ctx.path("configure")
         directory.mkdir(parents=True, exist_ok=True)
@@ -184,6 +215,7 @@ class Configure(Stage):
             winner=result.winner,
             top={mode: [c.to_row() for c in candidates] for mode, candidates in result.top.items()},
             report_dir="configure",
+            calibration=calibration_in_force(plan),
         )
 
     def _from_aiconfigurator(self, ctx: StageContext) -> ConfigureOutputs:
@@ -207,7 +239,7 @@ class Configure(Stage):
             )
         result = aiconfigurator.load(Path(directory))
         pick = result.pick(config.configure.mode, config.configure.rank)
-        plan = imported_plan(config, result, pick)
+        plan = replace(imported_plan(config, result, pick), calibration=calibration_reference(config))
         prediction = _estimate(plan, config)
         theirs = aiconfigurator.own_numbers(pick, result)
         ctx.log.info("imported %s rank %d from %s: %s", pick.mode, pick.rank, result.directory, pick.layout())
@@ -223,6 +255,7 @@ class Configure(Stage):
             winner=str(result.winner or ""),
             top=top,
             report_dir="configure",
+            calibration=calibration_in_force(plan),
             source="aiconfigurator",
             aiconfigurator={
                 "directory": str(result.directory),

@@ -17,6 +17,7 @@ import yaml
 
 from automation.config import PipelineConfig
 from automation.config.names import SHELL_NAME
+from automation.config.schema import MockerSpeed
 from automation.contracts import ConfigureOutputs, GenerateOutputs, recorded
 from automation.engine_config import (
     TrtllmFamily,
@@ -28,6 +29,7 @@ from automation.engine_config import (
 from automation.errors import InputError
 from automation.k8s_manifest import PodPaths, render_manifest, template_context
 from automation.perfmodel.plan import Plan, RolePlan
+from automation.perfmodel.system import SystemSpec
 from automation.placement import (
     Frontend,
     InfraEndpoints,
@@ -316,11 +318,11 @@ class Generator:
 
     def _mocker_files(self) -> None:
         from automation.mocker_profile import mocker_config, npz_bytes, timing_profile
-        from automation.perfmodel import load_model, load_system
+        from automation.perfmodel import load_model
 
         model_ref = str(self.config.model.config_dir) if self.config.model.config_dir else self.plan.model
         model = load_model(model_ref)
-        system = load_system(self.plan.system)
+        system = self._mocker_system()
         kv_bytes = round(model.kv_bytes_per_token_total())
         for role in self.plan.roles:
             profile = f"mocker/{role.role}_profile.npz"
@@ -339,6 +341,19 @@ class Generator:
             )
             self._text(str(w.mocker_config), json.dumps(doc, indent=2) + "\n")
         self.kv_bytes_per_token = kv_bytes
+
+    def _mocker_system(self) -> SystemSpec:
+        """The system the mocker plays: the model in force (the plan's calibration included), or, with
+        launch.mocker_speed, the shipped model's steps slowed by its factors: a stand-in for hardware
+        that does not change when the model is calibrated (rehearsing `autodeploy calibrate`)."""
+        from dataclasses import replace
+
+        from automation.perfmodel import load_system
+
+        speed = self.config.launch.mocker_speed
+        if speed == MockerSpeed():
+            return load_system(self.plan.system, self.plan.calibration)
+        return replace(load_system(self.plan.system), prefill_scale=speed.prefill, decode_scale=speed.decode)
 
     def _kv_link_gbs(self, system: Any) -> float:
         """Bandwidth a prefill worker's KV cache moves over, as the performance model charges it: Dynamo's
@@ -591,6 +606,12 @@ class Generate(Stage):
             ),
             "launch": config.launch.model_dump(
                 include={"runtime", "engine", "python", "system_port_base", "env"}
+            ),
+            # Only when set, so that runs recorded before it existed keep their fingerprint.
+            **(
+                {"mocker_speed": speed.model_dump()}
+                if (speed := config.launch.mocker_speed) != MockerSpeed()
+                else {}
             ),
         }
 

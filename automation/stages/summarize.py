@@ -294,8 +294,14 @@ def run_facts(record: RunRecord, documents: list[dict[str, Any]], plan_text: str
         if record.configure.source == "aiconfigurator"
         else "autodeploy's sweep",
     }
-    if record.calibration is not None:
-        facts["calibration"] = record.calibration
+    # Always said: a reader must know whether the predictions were calibrated, and from what.
+    facts["calibration"] = record.calibration or (
+        f"none: the shipped fit of {record.configure.plan.system} (configs/systems/"
+        f"{record.configure.plan.system}.fit.yaml)"
+    )
+    speed = record.config.launch.mocker_speed
+    if record.config.launch.engine == "mocker" and (speed.prefill != 1.0 or speed.decode != 1.0):
+        facts["mocker_speed"] = f"prefill ×{speed.prefill:g}, decode ×{speed.decode:g} the shipped model"
     return facts
 
 
@@ -455,8 +461,7 @@ class Summarize(Stage):
             configure=configure,
             benchmark=benchmark,
             checkpoint=checkpoint if isinstance(checkpoint, CheckpointOutputs) else None,
-            # Optional: configure outputs that name a calibration (absent from older runs).
-            calibration=getattr(configure, "calibration", None),
+            calibration=configure.calibration,
         )
         report = write_report(record, ctx.write_text, ctx.log)
         rows: list[dict[str, Any]] = report.summary["rows"]

@@ -305,6 +305,7 @@ def main() -> int:
         both = [x for x in recs if x["a_ttft"] is not None]
         table("Rows both predict (same subset for both columns)", both, lambda x: "all", with_aic)
         table("Rows both predict, per system × mode", both, lambda x: f"{x['system']} {x['mode']}", with_aic)
+    holdout_and_lomo(recs)
     diagnose(recs, results, rows)
 
     if args.dump:
@@ -341,6 +342,88 @@ def main() -> int:
                 tpot = [r["silicon_tpot_ms"], res.tpot_ms, a.get("tpot", "")]
                 w.writerow([*ident, res.batch_per_rank, res.kv_limit, *ttft, *tpot])
     return 0
+
+
+def family_of(model: str) -> str:
+    """Leave-one-model-out groups (tests/perf/fit_measured.py's): DeepSeek-R1 and -V3 are one model."""
+    return "DeepSeek-V3/R1" if "deepseek" in model.lower() else model.split("/")[-1]
+
+
+def holdout_and_lomo(recs: list[dict[str, Any]]) -> None:
+    """TTFT and TPOT on the 30 % hold-out of tests/perf/fit_request_ms.py and fit_measured.py (same seed,
+    same deduplication: a hold-out never holds a copy of a training row), and TTFT leave-one-model-out:
+    request_ms refitted without the model (fit_request_ms.fit; it adds to every TTFT and to nothing else,
+    so the engine path is the prediction less the system's request_ms). The efficiencies behind TPOT are
+    the shipped fit files' (fitted on all rows): fit_measured.py prints TPOT hold-out and
+    leave-one-model-out with refitted efficiencies."""
+    import fit_request_ms as frm
+    import numpy as np
+
+    from automation.perfmodel import evaluate
+
+    seen: set[tuple[Any, ...]] = set()
+    uniq: list[dict[str, Any]] = []
+    for x in recs:
+        r, plan = x["row"], x["res"].row_plan.plan
+        key = (
+            r["system"],
+            r["model_path"],
+            r["gemm_quant_mode"],
+            plan.mode,
+            plan.isl,
+            plan.osl,
+            x["res"].row_plan.concurrency,
+            plan.layout(),
+            round(float(r["silicon_tpot_ms"]), 6),
+        )
+        if key not in seen:
+            seen.add(key)
+            uniq.append(x)
+    mask = np.random.default_rng(frm.SEED).random(len(uniq)) < frm.HOLDOUT
+    test = [x for x, m in zip(uniq, mask, strict=True) if m]
+    with_aic = any(x["a_ttft"] is not None for x in test)
+    print(f"\nHold-out: the seeded 30 % of {len(uniq)} unique measurements ({len(test)} rows)")
+    table("Hold-out: all", test, lambda x: "all", with_aic)
+    table("Hold-out: per system", test, lambda x: x["system"], with_aic)
+    table("Hold-out: per model", test, lambda x: x["model"], with_aic)
+
+    # Leave one model out (TTFT): request_ms refitted on the served low-concurrency rows of the others.
+    fit_recs = []
+    for x in uniq:
+        res, r = x["res"], x["row"]
+        plan = res.row_plan.plan
+        engine = res.ttft_ms - evaluate.request_ms(plan.system)
+        fit_recs.append(
+            frm.Rec(
+                res.id,
+                plan.system,
+                family_of(res.row_plan.checkpoint or r["model_path"]),
+                plan.mode,
+                plan.isl,
+                plan.osl,
+                res.row_plan.concurrency,
+                plan.layout(),
+                float(r["silicon_ttft_ms"]),
+                engine,
+                (),
+                r.get("silicon_data_source", ""),
+            )
+        )
+
+    def use(r: Any) -> bool:
+        return not re.search(frm.IN_PROCESS, r.source) and r.conc <= frm.LOW_C
+
+    systems = sorted({r.system for r in fit_recs})
+    lomo: list[dict[str, Any]] = []
+    for fam in sorted({r.model for r in fit_recs}):
+        per, _ = frm.fit([r for r in fit_recs if r.model != fam], use, systems)
+        for x, r in zip(uniq, fit_recs, strict=True):
+            if r.model == fam:
+                lomo.append({**x, "e_ttft": (r.engine + per[r.system]) / r.meas - 1.0, "a_ttft": x["a_ttft"]})
+    print("\nLeave one model out (TTFT: request_ms refitted without the model; TPOT: shipped fits)")
+    table("Leave one model out: all", lomo, lambda x: "all", with_aic)
+    table("Leave one model out: per system", lomo, lambda x: x["system"], with_aic)
+    table("Leave one model out: per model", lomo, lambda x: x["model"], with_aic)
 
 
 def diagnose(recs: list[dict[str, Any]], results: Iterable[RowResult], rows: list[dict[str, str]]) -> None:

@@ -52,11 +52,13 @@ CASES = [
     ("2026_03_25_deepseek_r1_b200_sxm_trtllm_fp4_agg_1024x1024_c64", "", "tp1dp8ep8 bs8"),
     ("2026_04_06_deepseek_r1_b200_sxm_trtllm_fp4_agg_1024x1024_c64", "", "tp1dp8ep8 bs8"),
     ("dsr1_b200_trtllm_fp8_disagg_8192x1024_c256_cfg549", "", "1P(tp1dp8ep8 bs1) + 1D(tp1dp8ep8 bs32)"),
-    ("dsr1_b200_trtllm_fp4_agg_1024x1024_c128_cfg191", "layout ambiguous", "64 GPUs on 8-GPU nodes"),
+    # Exported TP×EP-inflated (tp1 dp64, moe_tp 8 × moe_ep 8, batch 2): moe_tp × moe_ep names the run.
+    ("dsr1_b200_trtllm_fp4_agg_1024x1024_c128_cfg191", "", "tp1dp8ep8 bs16"),
     ("gb300_trtllm_fp8_disagg_1024x1024_c12288", "missing layout", "without worker counts or batch sizes"),
     ("dsr1_gb200_trtllm_fp4_disagg_1024x1024_c48", "", "1P(tp1dp4ep4 bs1) + 4D(tp8ep8 bs12)"),
     ("gb200_trtllm_fp4_agg_1024x1024_c144_tp36", "layout invalid", "does not divide 128 attention heads"),
-    ("nvidia_deepseek_r1_nvfp4", "unknown model", "model not known: nvidia/DeepSeek-R1-NVFP4"),
+    # NVIDIA's NVFP4 release of DeepSeek-R1 (an alias); its batch is per GPU with attention DP not stated.
+    ("nvidia_deepseek_r1_nvfp4", "layout ambiguous", "batch_size 10 × workers 1 × attention_dp 1 = 10"),
     # The KV cache holds ~43 of its 128 requests: the engine runs those and queues the rest, which
     # predict_at_concurrency models (perfmodel/queueing.py), so the row is predicted.
     ("llama_3_1_70b_h200_sxm_trtllm_fp8_agg_1024x8192_c128_tp1", "", "tp1 bs128"),
@@ -82,11 +84,13 @@ def test_prediction_is_predict_at_concurrency_of_the_rows_plan(rows):
     assert res.row_plan is not None and res.row_plan.concurrency == concurrency_of(row) == 16
     plan = res.row_plan.plan
     assert (plan.mode, plan.system, plan.replicas, plan.isl, plan.osl) == ("agg", "h100_sxm", 1, 2048, 256)
-    # RowPredictor's scratch model directory is gone once it exits, so compare inside one.
+    # The row's Plan is self-contained (its model is "<checkpoint>@<quant>"): it predicts the same after
+    # the predictor is gone.
     with RowPredictor(MODEL_DIRS) as p:
         res = p.predict(row)
         assert res.row_plan is not None
-        direct = predict_at_concurrency(res.row_plan.plan, 16)
+    assert res.row_plan.plan.model == "Qwen/Qwen3-32B@fp8"
+    direct = predict_at_concurrency(res.row_plan.plan, 16)
     assert (res.ttft_ms, res.tpot_ms) == (direct.ttft_ms, direct.tpot_ms)
 
 
@@ -200,8 +204,8 @@ def test_write_predictions_and_the_cli(rows, tmp_path, monkeypatch, capsys):
         if g["ttft_ms"]:
             assert float(g["ttft_ms"]) > 0 and float(g["tpot_ms"]) > 0
     # 6, + the row whose batch the KV cache caps (predicted since the queueing model), + the gb200 row
-    # (a known system since gb200.yaml).
-    assert summary["predicted"] == 8
+    # (a known system since gb200.yaml), + the TP×EP-inflated row its moe_tp × moe_ep columns explain.
+    assert summary["predicted"] == 9
     for bad in (
         ["estimate", "--rows", str(ROWS)],
         ["estimate", "--rows", str(ROWS), "--out", str(out), "--model", "Qwen/Qwen3-8B"],
@@ -227,3 +231,54 @@ def test_write_predictions_format(tmp_path, rows):
     write_predictions(results, path)
     lines = path.read_text().splitlines()
     assert lines[0] == ",".join(OUT_COLUMNS) and len(lines) == 4
+
+
+def test_quant_override_is_with_quant_and_a_model_name_load_model_reads():
+    base = load_model("Qwen/Qwen3-32B")
+    fp8 = base.with_quant("fp8", "fp8")
+    assert (fp8.gemm_quant, fp8.kv_dtype, fp8.name) == ("fp8", "fp8", "Qwen/Qwen3-32B@fp8")
+    assert load_model("Qwen/Qwen3-32B@fp8") == fp8
+    assert base.with_quant("", "") is base and base.with_quant(None, "fp4") is base  # dense: moe ignored
+    assert base.with_quant("fp4").with_quant("bf16") == base.with_quant("bf16")
+    assert (base.with_quant("bf16").kv_dtype, base.with_quant("fp4").kv_dtype) == ("bf16", "fp8")
+    moe = load_model("Qwen/Qwen3-235B-A22B-FP8")
+    assert moe.with_quant("", "fp8").gemm_quant == "fp8"
+    with pytest.raises(ValueError, match="one GEMM precision"):
+        moe.with_quant("fp8", "fp4")
+    with pytest.raises(ValueError, match="unknown quantization"):
+        base.with_quant("int4_wo")
+
+
+def test_flat_model_configs_load_by_path(rows):
+    cfg = next(MODEL_DIRS[0].glob("*_config.json"))
+    arch = load_model(str(cfg))
+    assert arch.name == str(cfg) and arch.num_layers > 0
+    assert load_model(f"{cfg}@fp4").gemm_quant == "fp4"
+
+
+def test_agg_worker_may_span_the_nvlink_domain(rows):
+    """A GB200 NVL72 worker may be wider than a 4-GPU tray up to the 72-GPU NVLink domain; on an 8-GPU
+    HGX node the same width is the TP×EP-inflated export."""
+    from automation.perfmodel.rows import RowError, _agg_layout
+
+    row = {"id": "x_c64_tp16_1", "moe_tp_size": "16", "moe_ep_size": "1"}
+    assert _agg_layout(row, (16, 1, 1, 1), 64, 4, 72) == ((16, 1, 1, 1), 64, "")
+    with pytest.raises(RowError, match="16 GPUs on 4-GPU nodes"):
+        _agg_layout(row, (16, 1, 1, 1), 64, 4, 4)
+    with pytest.raises(RowError, match="on 8-GPU nodes"):
+        _agg_layout({**row, "moe_tp_size": "", "moe_ep_size": ""}, (16, 1, 1, 1), 64, 8, 8)
+    # Wider than the domain: the columns' moe_tp × moe_ep reading still applies.
+    inflated = {"id": "x_c128_cfg1", "moe_tp_size": "8", "moe_ep_size": "8"}
+    widths, batch, note = _agg_layout(inflated, (1, 1, 64, 8), 128, 8, 8)
+    assert (widths, batch) == ((1, 1, 8, 8), 16) and "moe_tp × moe_ep tp8 ep8" in note
+    tp36 = _find(rows, "gb200_trtllm_fp4_agg_1024x1024_c144_tp36")
+    res = _one(tp36, tp_size="32", moe_tp_size="32")  # 32 divides the heads: a 32-GPU worker on NVL72
+    assert res.error == "" and res.row_plan is not None and res.row_plan.plan.total_gpus == 32
+
+
+def test_dense_model_reads_attention_dp_0_as_off(rows):
+    qwen = _find(rows, "qwen3_32b_h100_sxm_trtllm_agg_2048x256_c16_tp2")
+    res = _one(qwen, attention_dp_size="0", moe_tp_size="0", moe_ep_size="0")
+    assert res.error == "" and res.ttft_ms == _one(qwen).ttft_ms
+    moe = _find(rows, "a22b_fp8_h100_sxm_trtllm_agg_128x256_c128_tp4")
+    assert _one(moe, attention_dp_size="0").kind == "layout invalid"

@@ -314,7 +314,8 @@ def _estimate_rows(args: argparse.Namespace) -> int:
     single = [f"--{n.replace('_', '-')}" for n in ("model", "system", "isl", "osl", "tp") if getattr(args, n)]
     if single:
         raise InputError(f"--rows takes each row's own settings; drop {', '.join(single)}", hint="see --help")
-    results = predict_rows(read_rows(args.rows))
+    calibration = str(args.calibration.absolute()) if args.calibration else ""
+    results = predict_rows(read_rows(args.rows), calibration=calibration)
     try:
         write_predictions(results, args.out)
     except OSError as exc:

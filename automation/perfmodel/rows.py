@@ -208,8 +208,10 @@ class RowPredictor:
     model_configs directory is named by its config file's path.
     """
 
-    def __init__(self, model_dirs: Sequence[Path] = ()) -> None:
+    def __init__(self, model_dirs: Sequence[Path] = (), calibration: str = "") -> None:
         self.model_dirs = [Path(d) for d in model_dirs]
+        # The calibration every row's Plan carries (perfmodel.calibration; "" for the shipped fit).
+        self.calibration = calibration
         self._sources: dict[str, _Source | RowError] = {}
 
     def __enter__(self) -> RowPredictor:
@@ -333,17 +335,24 @@ class RowPredictor:
         system = row.get("system", "").lower()
         if system not in known_systems():
             raise RowError("unknown system", f"unknown system {row.get('system', '')}")
+        if self.calibration:
+            from automation.perfmodel.calibration import factors
+
+            try:
+                factors(self.calibration, system)
+            except InputError as exc:
+                raise RowError("not calibrated", exc.message) from None
         if mode == "agg":
             spec = load_system(system)
             widths, batch, note = _agg_layout(row, layouts[0], conc, spec.gpus_per_node, spec.domain_gpus)
             tp, pp, dp, ep = widths
             role = make_role(arch, "agg", tp, batch, isl, osl, pp, ep, dp, 1)
-            plan = Plan("agg", name, system, (role,), 1, isl, osl)
+            plan = Plan("agg", name, system, (role,), 1, isl, osl, self.calibration)
             return RowPlan(plan, conc, note, self.checkpoint(row.get("model_path", "")))
         roles: list[RolePlan] = []
         for kind, (tp, pp, dp, ep), (b, w) in zip(ROLE_KINDS, layouts, counts, strict=True):
             roles.append(make_role(arch, kind, tp, b, isl, osl, pp, ep, dp, w))
-        plan = Plan("disagg", name, system, tuple(roles), 1, isl, osl)
+        plan = Plan("disagg", name, system, tuple(roles), 1, isl, osl, self.calibration)
         return RowPlan(plan, conc, "", self.checkpoint(row.get("model_path", "")))
 
     # -- prediction -----------------------------------------------------------------------------------
@@ -494,15 +503,18 @@ def _agg_layout(
 
 
 @contextmanager
-def predictor(model_dirs: Sequence[Path] | None = None) -> Iterator[RowPredictor]:
-    """A RowPredictor over the packaged models, `model_dirs` (default: AUTODEPLOY_MODEL_CONFIGS)."""
-    with RowPredictor(env_model_dirs() if model_dirs is None else model_dirs) as p:
+def predictor(model_dirs: Sequence[Path] | None = None, calibration: str = "") -> Iterator[RowPredictor]:
+    """A RowPredictor over the packaged models, `model_dirs` (default: AUTODEPLOY_MODEL_CONFIGS), predicting
+    under `calibration` (a calibration file; "" for the shipped fit)."""
+    with RowPredictor(env_model_dirs() if model_dirs is None else model_dirs, calibration) as p:
         yield p
 
 
-def predict_rows(rows: Iterable[dict[str, str]], model_dirs: Sequence[Path] | None = None) -> list[RowResult]:
+def predict_rows(
+    rows: Iterable[dict[str, str]], model_dirs: Sequence[Path] | None = None, calibration: str = ""
+) -> list[RowResult]:
     """One RowResult per row, in order."""
-    with predictor(model_dirs) as p:
+    with predictor(model_dirs, calibration) as p:
         return [p.predict(r) for r in rows]
 
 

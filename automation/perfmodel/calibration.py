@@ -46,7 +46,7 @@ MIN_CONCURRENCIES = 2
 # workload a slower prefill and an extra fixed cost differ only in how TTFT grows with the concurrency
 # (the burst queues prefills), which few levels measure poorly; a stack's fixed cost is known to tens of
 # milliseconds (evaluate.LOOP_MS 18 ms, request_ms 29–45 ms), a device's speed is not.
-PRIOR_WEIGHT = 0.05
+PRIOR_WEIGHT = 0.01
 PRIOR_MS = 25.0  # a fixed-cost offset of 25 ms weighs like a factor e in a scale
 LOSS_SCALE = 0.1  # soft-L1: residuals beyond 10 % count linearly
 ROAM_LOG, ROAM_MS = math.log(30.0), 5000.0  # how far the optimiser may go before BOUNDS judge the result

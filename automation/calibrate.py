@@ -116,6 +116,7 @@ def from_rows(path: Path) -> Gathered:
                     ttft_ms=ttft,
                     tpot_ms=tpot,
                     source=f"{path}#{row.get('id', '')}",
+                    method=rp.method,
                 )
             )
     return Gathered(

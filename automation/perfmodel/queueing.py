@@ -82,10 +82,31 @@ DECODE_JOIN_LAG_STEPS = 1
 
 @dataclass(frozen=True)
 class Method:
-    """How the benchmark loads a level: measured requests per user and the warm-up method."""
+    """How the benchmark loads a level: measured requests per user, the warm-up method, and the spread of
+    the requests' lengths.
+
+    range_ratio r: each request's prompt and output lengths are drawn uniformly from the integers
+    [⌊r·ISL⌋, ISL] and [max(⌊r·OSL⌋, 1), OSL] (vLLM's benchmark_serving.py `--random-range-ratio`, as
+    InferenceX and srt-slurm's sa-bench run it: `sample_uniform`, lower = int(seq_len·range_ratio),
+    upper = seq_len). 1.0 (the default, autodeploy's own benchmark) is every request at ISL/OSL exactly.
+    seed: the draws are those of `np.random.RandomState(seed)`, prompts first, then outputs, one per
+    request in the order the users send them: benchmark_serving.py's own sequence for its default
+    --seed 0, so a prediction is reproducible and cacheable (Method is part of the cache key).
+    """
 
     requests_per_concurrency: int = REQUESTS_PER_CONCURRENCY
     warmup: Warmup = WARMUP
+    range_ratio: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.range_ratio <= 1.0:
+            raise ValueError(f"range_ratio must be in [0, 1] (got {self.range_ratio})")
+
+    @property
+    def spread(self) -> bool:
+        """Whether the requests' lengths differ (range_ratio < 1)."""
+        return self.range_ratio < 1.0
 
 
 DEFAULT_METHOD = Method()
@@ -126,30 +147,76 @@ class SimResult:
 
 
 class _Cohort:
-    """Requests that were sent together and have moved together since (same round, same times)."""
+    """Requests that were sent together and have moved together since (same round, same times).
 
-    __slots__ = ("first", "mark", "n", "rnd", "sent")
+    With spread lengths (Method.range_ratio < 1) every request is a cohort of its own, with its own
+    output length `osl` and prompt length as a share `scale` of the plan's ISL.
+    """
 
-    def __init__(self, n: int, rnd: int, sent: float) -> None:
+    __slots__ = ("first", "mark", "n", "osl", "rnd", "scale", "sent")
+
+    def __init__(self, n: int, rnd: int, sent: float, osl: int, scale: float = 1.0) -> None:
         self.n = n
         self.rnd = rnd
         self.sent = sent
+        self.osl = osl
+        self.scale = scale
         self.first = 0.0  # time of the first token
         self.mark = 0  # engine iteration / decode step of the context step or decode join
 
     def split(self, k: int) -> _Cohort:
         """Take k requests off this cohort as a new one (same history)."""
-        out = _Cohort(k, self.rnd, self.sent)
+        out = _Cohort(k, self.rnd, self.sent, self.osl, self.scale)
         out.first, out.mark = self.first, self.mark
         self.n -= k
+        return out
+
+
+def request_lengths(method: Method, isl: int, osl: int, count: int) -> tuple[list[float], list[int]]:
+    """The prompt (as a share of `isl`) and output lengths of `count` requests in the order they are sent.
+
+    Drawn as benchmark_serving.py draws them (`sample_random_requests`): np.random.seed(seed), then
+    randint(⌊r·ISL⌋, ISL + 1, count) for the prompts and randint(⌊r·OSL⌋, OSL + 1, count) for the
+    outputs (a bound below 1 is raised to 1). With r = 1 every request is (1.0, osl).
+    """
+    if not method.spread:
+        return [1.0] * count, [osl] * count
+    rs = np.random.RandomState(method.seed)
+    r = method.range_ratio
+    ins = rs.randint(max(int(isl * r), 1), isl + 1, size=count)
+    outs = rs.randint(max(int(osl * r), 1), osl + 1, size=count)
+    return [float(x) / isl for x in ins], [int(x) for x in outs]
+
+
+class _Sender:
+    """Makes the cohorts the users send: one cohort of n requests at the plan's lengths, or (spread lengths)
+    n cohorts of one request, each with the next lengths of request_lengths' sequence."""
+
+    def __init__(self, method: Method, isl: int, osl: int, users: int, rounds: int) -> None:
+        self.osl = osl
+        self.spread = method.spread
+        if self.spread:
+            if isl <= 0:
+                raise ValueError("spread request lengths need the plan's isl")
+            self.scales, self.osls = request_lengths(method, isl, osl, users * rounds)
+        self.i = 0
+
+    def send(self, n: int, rnd: int, t: float) -> list[_Cohort]:
+        if not self.spread:
+            return [_Cohort(n, rnd, t, self.osl)]
+        out = []
+        for _ in range(n):
+            j = min(self.i, len(self.osls) - 1)
+            out.append(_Cohort(1, rnd, t, self.osls[j], self.scales[j]))
+            self.i += 1
         return out
 
 
 class _Tally:
     """Sums over the measured requests (round ≥ first_round) as cohorts complete."""
 
-    def __init__(self, osl: int, first_round: int, request_ms: float) -> None:
-        self.osl, self.first_round, self.request_ms = osl, first_round, request_ms
+    def __init__(self, first_round: int, request_ms: float) -> None:
+        self.first_round, self.request_ms = first_round, request_ms
         self.n = self.n1 = 0
         self.ttft = self.ttft1 = self.tpot = self.e2e = 0.0
         self.start = math.inf
@@ -162,7 +229,7 @@ class _Tally:
         self.n += c.n
         self.ttft += c.n * ttft
         self.e2e += c.n * (t - c.sent)
-        self.tpot += c.n * (t - c.first) / max(self.osl - 1, 1)
+        self.tpot += c.n * (t - c.first) / max(c.osl - 1, 1)
         if c.rnd == self.first_round:
             self.n1 += c.n
             self.ttft1 += c.n * ttft
@@ -203,15 +270,22 @@ def simulate_disagg(
     decode_slots: int,
     decode_ms: Sequence[float],
     method: Method = DEFAULT_METHOD,
+    isl: int = 0,
 ) -> SimResult:
     """One disaggregated replica under `users` closed-loop users (exact, deterministic).
 
     prefill_ms[n]: a prefill worker's step with n prompts (n = 1..len − 1; its batch is len − 1);
     decode_ms[n]: the decode pool's step with n running requests (n = 1..len − 1, len − 1 ≥
     min(users, decode_slots)). See the module docstring for the stations.
+    Spread lengths (method.range_ratio < 1; `isl` is then the plan's ISL the tables are for): a request
+    leaves the decode pool after its own output length (departures in order of their last step, a
+    heap), and a prefill step of n prompts and its KV transfer take prefill_ms[n] and xfer_ms times the
+    batch's mean prompt length over ISL (to first order both are proportional to the prompt tokens).
     """
     rounds, first_round = _rounds(method)
-    tally = _Tally(osl, first_round, stack.request_ms)
+    tally = _Tally(first_round, stack.request_ms)
+    sender = _Sender(method, isl, osl, users, rounds)
+    spread = sender.spread
     loop_ms = stack.loop_ms
     cap = len(prefill_ms) - 1
     pre_ms = list(prefill_ms)
@@ -227,12 +301,14 @@ def simulate_disagg(
         seq += 1
         heapq.heappush(events, (t, kind, seq, payload))
 
-    push(loop_ms, arrive, _Cohort(users, 0, 0.0))
+    for c0 in sender.send(users, 0, 0.0):
+        push(loop_ms, arrive, c0)
     pqueue: deque[_Cohort] = deque()
     idle = prefill_workers
-    # Decode pool: running cohorts in join order (all leave osl steps after joining, so FIFO).
+    # Decode pool: running cohorts by the step after which they leave (join step + their osl), then by
+    # join order (with one osl for all that is the join order: FIFO).
     dwait: deque[_Cohort] = deque()
-    active: deque[_Cohort] = deque()
+    active: list[tuple[int, int, _Cohort]] = []
     n_act = 0
     steps = 0  # decode steps completed
     busy = False
@@ -251,17 +327,22 @@ def simulate_disagg(
                 batch.append(head.split(take) if take < head.n else pqueue.popleft())
                 n += take
             idle -= 1
-            push(t + pre_ms[n], prefill_end, batch)
+            if spread:
+                f = sum(c.scale for c in batch) / n
+                push(t + pre_ms[n] * f, prefill_end, (batch, xfer_ms * f))
+            else:
+                push(t + pre_ms[n], prefill_end, (batch, xfer_ms))
 
     def at_boundary(t: float) -> None:
         """Departures, then admissions, then the next boundary (a step or a run of steps)."""
-        nonlocal n_act, busy, t0, tau, planned, version
-        while active and steps - active[0].mark >= osl:
-            c = active.popleft()
+        nonlocal n_act, busy, t0, tau, planned, version, seq
+        while active and active[0][0] <= steps:
+            c = heapq.heappop(active)[2]
             n_act -= c.n
             tally.done(c, t)
             if c.rnd + 1 < rounds:
-                push(t + loop_ms, arrive, _Cohort(c.n, c.rnd + 1, t))
+                for nxt in sender.send(c.n, c.rnd + 1, t):
+                    push(t + loop_ms, arrive, nxt)
         joined: list[_Cohort] = []
         # An idle pool takes a waiting request at once; a busy one at the step its join lag names.
         while dwait and n_act < decode_slots and (dwait[0].mark <= steps or not n_act):
@@ -269,7 +350,8 @@ def simulate_disagg(
             take = min(head.n, decode_slots - n_act)
             c = head.split(take) if take < head.n else dwait.popleft()
             c.mark = steps
-            active.append(c)
+            seq += 1
+            heapq.heappush(active, (steps + c.osl, seq, c))
             joined.append(c)
             n_act += take
         if not n_act:
@@ -280,7 +362,7 @@ def simulate_disagg(
         for c in joined:
             c.first = t + tau
         t0 = t
-        planned = osl - (steps - active[0].mark)
+        planned = active[0][0] - steps
         if dwait and n_act < decode_slots:
             planned = min(planned, max(dwait[0].mark - steps, 1))
         version += 1
@@ -293,7 +375,8 @@ def simulate_disagg(
             dispatch(t)
         elif kind == prefill_end:
             idle += 1
-            push(t + xfer_ms, decode_ready, payload)
+            batch, xfer = payload
+            push(t + xfer, decode_ready, batch)
             dispatch(t)
         elif kind == decode_ready:
             if not busy:
@@ -318,12 +401,21 @@ def simulate_disagg(
     return tally.result()
 
 
-def _next_mark(waiting: deque[_Cohort], it: int) -> int:
-    """The iteration at which the first not-yet-schedulable waiting cohort becomes schedulable."""
-    for c in waiting:
-        if c.mark > it:
-            return c.mark
-    return it + 1
+def _ready(waiting: deque[_Cohort], n_wait: int, it: int) -> tuple[int, int]:
+    """(waiting requests schedulable at iteration `it`, the iteration the first of the others becomes
+    schedulable; it + 1 when none waits for that).
+
+    Marks never decrease along the queue (a later arrival is marked at a later or the same iteration,
+    with the same lag), so the schedulable requests are a prefix and the others a short suffix (those
+    that arrived in the last admit_lag iterations): counted from the back, O(suffix), not O(queue).
+    """
+    later, nxt = 0, it + 1
+    for c in reversed(waiting):
+        if c.mark <= it:
+            break
+        later += c.n
+        nxt = c.mark
+    return n_wait - later, nxt
 
 
 def simulate_agg(
@@ -336,16 +428,24 @@ def simulate_agg(
     prompts_cap: Sequence[int],
     chunks: int = 1,
     method: Method = DEFAULT_METHOD,
+    isl: int = 0,
 ) -> SimResult:
     """One attention rank of an aggregated (in-flight batching) engine under `users` users (exact).
 
     mixed_ms(k)[g]: an iteration with k prompts (one chunk of one prompt when chunks > 1) next to g
-    decodes (a row per k, asked for only for the k that occur); decode_ms[g]: a decode-only iteration (g ≥ 1); prompts_cap[g]: prompts the token budget
-    admits next to g decodes, ⌊(max_num_tokens − g)/isl⌋ (chunked: 1); chunks: iterations per prompt.
-    g runs to min(users, slots).
+    decodes (a row per k, asked for only for the k that occur); decode_ms[g]: a decode-only iteration
+    (g ≥ 1); prompts_cap[g]: prompts the token budget admits next to g decodes, ⌊(max_num_tokens − g)/isl⌋
+    (chunked: 1); chunks: iterations per prompt. g runs to min(users, slots).
+    Spread lengths (method.range_ratio < 1; `isl` is then the plan's ISL the tables are for): a request
+    leaves after its own output length (departures in order of their last iteration, a heap), and the
+    prompt part of a mixed iteration, mixed − decode[g], is scaled by the mean prompt length of its
+    prompts over ISL (GEMM work is linear in the tokens; the attention's quadratic part differs by
+    < 10 % of itself over r ≥ 0.8). The token budget still counts prompts of ISL (conservative).
     """
     rounds, first_round = _rounds(method)
-    tally = _Tally(osl, first_round, stack.request_ms)
+    tally = _Tally(first_round, stack.request_ms)
+    sender = _Sender(method, isl, osl, users, rounds)
+    spread = sender.spread
     loop_ms, admit_lag = stack.loop_ms, stack.admit_lag
     rows: dict[int, Sequence[float]] = {}
 
@@ -357,24 +457,36 @@ def simulate_agg(
 
     dec = list(decode_ms)
     kcap = list(prompts_cap)
-    arrivals: list[tuple[float, int, _Cohort]] = [(loop_ms, 0, _Cohort(users, 0, 0.0))]
     seq = 0
+    arrivals: list[tuple[float, int, _Cohort]] = []
+    for c0 in sender.send(users, 0, 0.0):
+        seq += 1
+        arrivals.append((loop_ms, seq, c0))
     waiting: deque[_Cohort] = deque()
     n_wait = 0
-    active: deque[_Cohort] = deque()
+    # Running cohorts by the iteration after which they leave (context iteration + their osl), then by
+    # admission order (with one osl for all that is the admission order: FIFO).
+    active: list[tuple[int, int, _Cohort]] = []
     n_act = 0
     chunk: _Cohort | None = None  # the prompt being prefilled in chunks
     chunks_done = 0
     t = 0.0
     it = 0  # iterations completed
+
+    def prompt_step(step: float, g: int, scale: float) -> float:
+        """A mixed iteration whose prompts are `scale` × ISL long on average."""
+        base = dec[g] if g else 0.0
+        return step + max(step - base, 0.0) * (scale - 1.0)
+
     while True:
-        while active and it - active[0].mark >= osl:
-            c = active.popleft()
+        while active and active[0][0] <= it:
+            c = heapq.heappop(active)[2]
             n_act -= c.n
             tally.done(c, t)
             if c.rnd + 1 < rounds:
-                seq += 1
-                heapq.heappush(arrivals, (t + loop_ms, seq, _Cohort(c.n, c.rnd + 1, t)))
+                for nxt in sender.send(c.n, c.rnd + 1, t):
+                    seq += 1
+                    heapq.heappush(arrivals, (t + loop_ms, seq, nxt))
         lag = admit_lag if (n_act or chunk is not None) else 0
         while arrivals and arrivals[0][0] <= t + _EPS:
             c = heapq.heappop(arrivals)[2]
@@ -382,11 +494,8 @@ def simulate_agg(
             waiting.append(c)
             n_wait += c.n
         g = n_act
-        ready = 0  # waiting requests the scheduler may take now (FIFO, so a prefix of the queue)
-        for c in waiting:
-            if c.mark > it:
-                break
-            ready += c.n
+        # waiting requests the scheduler may take now (FIFO, so a prefix of the queue)
+        ready, next_mark = _ready(waiting, n_wait, it) if n_wait else (0, it + 1)
         if chunks > 1:
             if chunk is None and ready and g < slots:
                 head = waiting[0]
@@ -394,11 +503,13 @@ def simulate_agg(
                 n_wait -= 1
                 chunks_done = 0
             if chunk is not None:
-                t += mix(1, g)
+                step = mix(1, g)
+                t += prompt_step(step, g, chunk.scale) if spread else step
                 chunks_done += 1
                 if chunks_done == chunks:
                     chunk.mark, chunk.first = it, t
-                    active.append(chunk)
+                    seq += 1
+                    heapq.heappush(active, (it + chunk.osl, seq, chunk))
                     n_act += 1
                     chunk = None
                 it += 1
@@ -406,15 +517,19 @@ def simulate_agg(
         else:
             k = min(ready, slots - g, kcap[g]) if ready else 0
             if k > 0:
-                t += mix(k, g)
+                taken: list[_Cohort] = []
                 left = k
                 while left:
                     head = waiting[0]
                     take = min(head.n, left)
-                    c = head.split(take) if take < head.n else waiting.popleft()
-                    c.mark, c.first = it, t
-                    active.append(c)
+                    taken.append(head.split(take) if take < head.n else waiting.popleft())
                     left -= take
+                step = mix(k, g)
+                t += prompt_step(step, g, sum(c.scale for c in taken) / k) if spread else step
+                for c in taken:
+                    c.mark, c.first = it, t
+                    seq += 1
+                    heapq.heappush(active, (it + c.osl, seq, c))
                 n_wait -= k
                 n_act += k
                 it += 1
@@ -428,9 +543,9 @@ def simulate_agg(
             t = max(t, arrivals[0][0])
             continue
         tau = dec[g]
-        m = osl - (it - active[0].mark)
+        m = active[0][0] - it
         if ready < n_wait:  # stop where the next waiting request may be scheduled
-            m = min(m, _next_mark(waiting, it) - it)
+            m = min(m, next_mark - it)
         elif not n_wait and arrivals:
             m = min(m, max(1, math.ceil((arrivals[0][0] - t) / tau - _EPS)))
         t += m * tau
@@ -444,6 +559,16 @@ def _burst_mix(method: Method) -> tuple[float, float]:
         return 0.0, 1.0
     r = max(int(method.requests_per_concurrency), 1)
     return 1.0 / r, 1.0 - 1.0 / r
+
+
+def _spread_means(method: Method, osl: Any) -> tuple[float, Any]:
+    """(mean prompt length over ISL, mean output length) of the method's requests, for the closed forms:
+    (1 + r)/2 and (⌊r·OSL⌋ + OSL)/2 (the integer bound of ISL is not known there: its share is < 1/ISL)."""
+    out_len = np.asarray(osl, dtype=float)
+    if not method.spread:
+        return 1.0, out_len
+    r = method.range_ratio
+    return (1.0 + r) / 2.0, (np.maximum(np.floor(r * out_len), 1.0) + out_len) / 2.0
 
 
 def closed_form_disagg(
@@ -469,15 +594,19 @@ def closed_form_disagg(
                                                                  per step, then on S decode slots
     W_steady = max(0, c·max(t_pb/(x·n), osl·τ/S) − Z)             Little's law at the bottleneck
     TTFT = T₁ + W_burst/R + (1 − 1/R)·W_steady                    (steady warm-up: T₁ + W_steady)
+    Spread lengths (method.range_ratio = r < 1): the same with the mean lengths, osl → (⌊r·osl⌋ + osl)/2
+    and t_p1, t_pb, xfer × (1 + r)/2 (the simulation scales a step by its prompts' mean length).
     Not modelled: near a rate-matched prefill (c·t_pb/(x·n) ≈ Z) the burst's first requests decode
     while the batch still fills, return early and queue behind its last ones, a backlog the later
     rounds drain slowly; there the exact simulation's TTFT is up to ~45 % higher (test_queueing.py).
     """
     c = np.maximum(np.asarray(users, dtype=float), 1.0)
-    out_len = np.asarray(osl, dtype=float)
+    scale, out_len = _spread_means(method, osl)
     tau = np.asarray(decode_step_ms, dtype=float)
     t1 = np.asarray(prefill_one_ms, dtype=float)
     tb = np.asarray(prefill_batch_ms, dtype=float)
+    if method.spread:
+        t1, tb, xfer_ms = t1 * scale, tb * scale, np.asarray(xfer_ms, dtype=float) * scale
     per_step = np.asarray(prefill_workers, dtype=float) * np.asarray(prefill_cap, dtype=float)
     slots = np.maximum(np.asarray(decode_slots, dtype=float), 1.0)
     busy = np.clip(c - 1.0, 0.0, 1.0)
@@ -516,11 +645,17 @@ def closed_form_agg(
     TTFT = T₁ + W_burst/R + (1 − 1/R)·W_steady           (steady warm-up: T₁ + W_steady)
     Prefill load that fits in a request's life does not queue in agg: it stretches the decode
     iterations into mixed ones, which TPOT (compose.agg_metrics) carries.
+    Spread lengths (method.range_ratio = r < 1): the mean lengths, osl → (⌊r·osl⌋ + osl)/2 and the
+    prompt part t_m − τ × (1 + r)/2; and the users no longer finish a round together (their output
+    lengths differ by up to (1 − r)·osl iterations), so the synchronised queue goes:
+    W_steady = (M − osl)·t_m only.
     """
     c = np.maximum(np.asarray(users, dtype=float), 1.0)
-    out_len = np.asarray(osl, dtype=float)
+    scale, out_len = _spread_means(method, osl)
     tau = np.asarray(decode_step_ms, dtype=float)
     t_m = np.asarray(mixed_ms, dtype=float)
+    if method.spread:
+        t_m = tau + np.maximum(t_m - tau, 0.0) * scale
     n_chunks = np.asarray(chunks, dtype=float)
     group = n_chunks * t_m
     groups = np.ceil(c / np.maximum(np.asarray(prompts_per_step, dtype=float), 1.0))
@@ -531,8 +666,10 @@ def closed_form_agg(
     first = stack.loop_ms + group + (stack.admit_lag + 0.5) * t_it * busy + stack.request_ms
     w_burst = group * (groups - 1.0) / 2.0
     behind = (stack.loop_ms + stack.admit_lag * t_it) / t_it
-    w_steady = np.maximum(
-        group * np.minimum(behind, (groups - 1.0) / 2.0), np.maximum(mixed_its - out_len, 0.0) * t_m
-    )
+    saturated = np.maximum(mixed_its - out_len, 0.0) * t_m
+    if method.spread:
+        w_steady = saturated
+    else:
+        w_steady = np.maximum(group * np.minimum(behind, (groups - 1.0) / 2.0), saturated)
     a, b = _burst_mix(method)
     return first + a * w_burst + b * w_steady

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from automation.errors import InputError
+from automation.perfmodel import queueing
 from automation.perfmodel.arch import (
     FLAT_CONFIG_SUFFIX,
     FLAT_HF_QUANT_SUFFIX,
@@ -67,6 +68,34 @@ MODEL_ALIASES = {
 }
 
 _CONCURRENCY = re.compile(r"silicon_concurrency=(\d+)")
+
+# How a row was measured (queueing.Method), read from what its silicon_data_source says it is.
+#
+# InferenceX records (SemiAnalysisAI/InferenceX) come in two forms: aiconfigurator's InferenceX DB dumps,
+# "db-dump/DATE; config_id=N; ...; workflow_run_id=N; IMAGE" (the record ids its adapter reads,
+# src/aiconfigurator/sdk/config_adapter/inferencex.py, ai-dynamo/aiconfigurator @8f4e06d, and row ids
+# named by its MODEL_PATHS aliases: dsr1_, kimik2_5_), and InferenceX's CSV exports,
+# "source_file=YYYY-MM-DD.csv; model=NAME; ...". InferenceX measures every point with vLLM's
+# benchmark_serving.py: `--dataset-name random --random-range-ratio 0.8 --num-prompts 10·CONC
+# --max-concurrency CONC --request-rate inf --ignore-eos`:
+#   - single node: benchmarks/70b_fp8_h200_trt_slurm.sh and the other *_trt_slurm.sh @ac1998a (2025-10-20;
+#     trtllm-serve over HTTP, RANDOM_RANGE_RATIO 0.8 from .github/workflows/full-sweep-tmpl.yml), later
+#     benchmarks/benchmark_lib.sh run_benchmark_serving @2e9cecf (2026-04-19) with
+#     RANDOM_RANGE_RATIO: 0.8 in .github/workflows/benchmark-tmpl.yml and `--num-warmups 2·CONC`
+#     (added @d053ae2, 2026-01-21; none before);
+#   - multi node (the Dynamo disagg records): srt-slurm's sa-bench (runners/launch_gb200-nv.sh @e8924a6
+#     clones NVIDIA/srt-slurm; src/srtctl/benchmarks/scripts/sa-bench/bench.sh: RANDOM_RANGE_RATIO 0.8,
+#     NUM_PROMPTS_MULT 10, a separate warm-up run of 2·CONC prompts).
+# The sampler draws each prompt and output length uniformly from [int(L·0.8), L] (`sample_uniform` in
+# utils/bench_serving/benchmark_serving.py @1cb92d2, and sa-bench's benchmark_serving.py). Every warm-up
+# (none, 2·CONC through the same semaphore, or a separate run) ends before the measured requests start,
+# which then go out as one burst of CONC from an idle server: the "burst" warm-up, whatever its length.
+# Rows from any other source (aiconfigurator's own collection, "source_file=/…/aic-auto-gap-analysis/…")
+# state no method and keep the default.
+INFERENCEX_METHOD = queueing.Method(requests_per_concurrency=10, warmup="burst", range_ratio=0.8)
+_INFERENCEX_SOURCE = re.compile(
+    r"^(db-dump/[^;]*;.*\bconfig_id=\d+.*\bworkflow_run_id=\d+|source_file=\d{4}-\d{2}-\d{2}\.csv;\s*model=)"
+)
 # Layout named in an id such as "..._c64_tp8_ep8_937" or "..._c256_tp8_0_ep8_0_974".
 _ID_LAYOUT = re.compile(r"_tp(\d+)(?:_0)?_ep(\d+)(?:_0)?_\d+$")
 ROLE_KINDS: tuple[Role, Role] = ("prefill", "decode")
@@ -89,6 +118,7 @@ class RowPlan:
     concurrency: int
     note: str = ""  # non-empty when a rule changed what the columns say (see _agg_layout)
     checkpoint: str = ""  # the id (or directory) the model's config was found under, aliases applied
+    method: queueing.Method = queueing.DEFAULT_METHOD  # how the row was measured (method_of)
 
 
 @dataclass(frozen=True)
@@ -129,6 +159,14 @@ def concurrency_of(row: dict[str, str]) -> int | None:
     """The concurrency the row was measured at: `silicon_concurrency=N` inside silicon_data_source."""
     m = _CONCURRENCY.search(row.get("silicon_data_source", ""))
     return int(m.group(1)) if m else None
+
+
+def method_of(row: dict[str, str]) -> queueing.Method:
+    """The benchmark method a row was measured with, from its silicon_data_source (INFERENCEX_METHOD for
+    InferenceX records, else the default: no evidence, no change)."""
+    if _INFERENCEX_SOURCE.match(row.get("silicon_data_source", "")):
+        return INFERENCEX_METHOD
+    return queueing.DEFAULT_METHOD
 
 
 def env_model_dirs() -> list[Path]:
@@ -348,17 +386,18 @@ class RowPredictor:
             tp, pp, dp, ep = widths
             role = make_role(arch, "agg", tp, batch, isl, osl, pp, ep, dp, 1)
             plan = Plan("agg", name, system, (role,), 1, isl, osl, self.calibration)
-            return RowPlan(plan, conc, note, self.checkpoint(row.get("model_path", "")))
+            return RowPlan(plan, conc, note, self.checkpoint(row.get("model_path", "")), method_of(row))
         roles: list[RolePlan] = []
         for kind, (tp, pp, dp, ep), (b, w) in zip(ROLE_KINDS, layouts, counts, strict=True):
             roles.append(make_role(arch, kind, tp, b, isl, osl, pp, ep, dp, w))
         plan = Plan("disagg", name, system, tuple(roles), 1, isl, osl, self.calibration)
-        return RowPlan(plan, conc, "", self.checkpoint(row.get("model_path", "")))
+        return RowPlan(plan, conc, "", self.checkpoint(row.get("model_path", "")), method_of(row))
 
     # -- prediction -----------------------------------------------------------------------------------
 
     def predict(self, row: dict[str, str]) -> RowResult:
-        """One row's prediction at its concurrency, or the reason it has none."""
+        """One row's prediction at its concurrency, measured as the row says (RowPlan.method), or the reason
+        it has none."""
         from automation.perfmodel.evaluate import (
             kv_capacity_tokens,
             predict_at_concurrency,
@@ -372,7 +411,7 @@ class RowPredictor:
             return RowResult(rid, error=exc.message, kind=exc.kind)
         plan = rp.plan
         try:
-            pred = predict_at_concurrency(plan, rp.concurrency)
+            pred = predict_at_concurrency(plan, rp.concurrency, rp.method)
         except InputError as exc:
             return RowResult(rid, error=exc.message, kind="layout invalid", row_plan=rp)
         arch, sysc = load_model(plan.model), load_system(plan.system, plan.calibration)

@@ -8,11 +8,14 @@ turnaround and admission lag) with request_ms = 0; request_ms adds to every TTFT
 else, so a system's value is the one number that minimises the median |log(pred/measured)| over its
 low-concurrency rows (c ≤ 8; the brief: the cost shows where queueing is smallest).
 
-Rows measured without a serving stack are not fitted (IN_PROCESS): the Llama-3.1-70B rows on b200/h200
-whose source names a CSV and no serving image have a TTFT of 1.0–1.5× the simulated engine path at c ≤ 8
-(median 1.51; every other source 2.2–6×, measured on these rows), i.e. no frontend, tokenization or
-HTTP and no first-burst queue, which is what request_ms stands for. They are still predicted and
-reported (per harness below).
+Each row is simulated with the method it was measured with (rows.method_of, RowPlan.method): the
+InferenceX records (931 of the table's rows: trtllm-serve or Dynamo over HTTP, vLLM's
+benchmark_serving.py with --random-range-ratio 0.8, 10·c prompts, burst from an idle server) with their
+lengths spread over [0.8, 1]·ISL/OSL, which keeps the users from moving in synchronised rounds; the
+others with the default (fixed lengths). Every row is served over HTTP (the Llama-3.1-70B rows too:
+InferenceX's benchmarks/70b_fp8_h200_trt_slurm.sh runs trtllm-serve and benchmarks it over HTTP), so
+none is left out; their over-prediction was the synchronised rounds of fixed lengths, not a missing
+frontend.
 
 Records are deduplicated (the same measurement under several ids) before the seeded 70/30 split (the
 seed of tests/perf/fit_measured.py), so a hold-out never holds a copy of a training row. A system with
@@ -20,7 +23,11 @@ fewer than MIN_ROWS low-concurrency training rows gets the all-systems value (RE
 
 Usage:
   AUTODEPLOY_MODEL_CONFIGS=/work/shared/reference/model_configs:/work/shared/reference/model_configs_more \\
-    .venv/bin/python tests/perf/fit_request_ms.py [--all-rows] [--dump FILE]
+    .venv/bin/python tests/perf/fit_request_ms.py [--all-rows] [--dump FILE] [--write]
+
+--write puts each system's value (fitted on all its deduplicated c ≤ 8 rows, or the all-systems value
+below MIN_ROWS) into automation/configs/systems/<system>.fit.yaml as params.request_ms, which
+evaluate.request_ms reads; systems without rows keep evaluate.REQUEST_MS_DEFAULT.
 """
 
 from __future__ import annotations
@@ -53,9 +60,9 @@ HOLDOUT = 0.3
 LOW_C = 8  # "low concurrency": where the fixed cost dominates TTFT
 MIN_ROWS = 20  # fewer fitted rows than this: the system gets the all-systems value (a handful of rows
 # from one harness cannot separate a system's cost from its harness's: h200 has 9, gb200 6)
-GRID = np.arange(0.0, 400.5, 0.5)  # candidate values (ms)
-# silicon_data_source of rows measured in-process (no serving stack): see the module docstring.
-IN_PROCESS = r"^source_file=[^;]*\.csv; model=Llama(?!.*image=)"
+# Candidate values (ms), the bounds of the fit: 0 (no cost beyond the loop) to 400 ms (an order of
+# magnitude above what a tokenizer, scheduler and first sampling step take for one request).
+GRID = np.arange(0.0, 400.5, 0.5)
 
 
 @dataclass
@@ -72,6 +79,7 @@ class Rec:
     engine: float  # simulated TTFT with request_ms = 0 (ms)
     key: tuple[Any, ...]
     source: str  # silicon_data_source (the harness that measured it)
+    method: str = ""  # how it was measured: "spread r" (lengths over [r, 1]·ISL/OSL) or "fixed"
 
 
 def load() -> list[Rec]:
@@ -100,7 +108,7 @@ def load() -> list[Rec]:
             stack = queueing.Stack(
                 loop_ms=evaluate.LOOP_MS, request_ms=0.0, admit_lag=evaluate.TRTLLM_ADMIT_LAG
             )
-            engine = evaluate.simulate(plan, conc, stack=stack).ttft_ms
+            engine = evaluate.simulate(plan, conc, res.row_plan.method, stack=stack).ttft_ms
             out.append(
                 Rec(
                     row["id"],
@@ -115,9 +123,14 @@ def load() -> list[Rec]:
                     engine,
                     key,
                     row.get("silicon_data_source", ""),
+                    method_label(res.row_plan.method),
                 )
             )
     return out
+
+
+def method_label(method: queueing.Method) -> str:
+    return f"spread {method.range_ratio:g}" if method.spread else "fixed"
 
 
 def split(recs: list[Rec]) -> tuple[list[Rec], list[Rec]]:
@@ -168,12 +181,30 @@ def table(title: str, recs: list[Rec], pred: Callable[[Rec], float], key: Callab
         print(f"{g[:40]:40} {stats(groups[g])}")
 
 
+def write_request_ms(system: str, value: float, n_rows: int, default: float) -> Path:
+    """Set params.request_ms in the system's fit file, keeping every other line (fit_measured.py owns them)."""
+    path = ROOT / "automation" / "configs" / "systems" / f"{system}.fit.yaml"
+    how = (
+        f"fitted on {n_rows} rows"
+        if n_rows >= MIN_ROWS
+        else f"all-systems value ({n_rows} rows < {MIN_ROWS})"
+    )
+    line = f"  request_ms: {value:.6g}  # fit_request_ms.py: {how}"
+    lines = [x for x in path.read_text().splitlines() if not x.startswith("  request_ms:")]
+    at = lines.index("params:") + 1
+    while at < len(lines) and lines[at].startswith("  "):
+        at += 1
+    lines.insert(at, line)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--all-rows", action="store_true", help="fit on every row, not only c ≤ 8")
     ap.add_argument("--dump", type=Path, help="per-row CSV: id, measured, engine, predicted")
     ap.add_argument("--exclude-source", help="drop rows whose silicon_data_source matches this regex")
-    ap.add_argument("--fit-in-process", action="store_true", help="fit on the in-process rows too")
+    ap.add_argument("--write", action="store_true", help="write request_ms into the systems' fit files")
     args = ap.parse_args()
     t0 = time.perf_counter()
     recs = load()
@@ -188,18 +219,17 @@ def main() -> int:
     )
 
     def use(r: Rec) -> bool:
-        served = args.fit_in_process or not re.search(IN_PROCESS, r.source)
-        return served and (args.all_rows or r.conc <= LOW_C)
+        return args.all_rows or r.conc <= LOW_C
 
     def harness(r: Rec) -> str:
-        return "in-process" if re.search(IN_PROCESS, r.source) else "served (HTTP)"
+        return r.method
 
     train, test = split(recs)
     per, default = fit(train, use, systems)
     n_fit = sum(1 for r in train if use(r))
     print(
         f"\nrequest_ms fitted on {n_fit} of {len(train)} training rows "
-        f"({'served, all c' if args.all_rows else f'served, c ≤ {LOW_C}'}):"
+        f"({'all c' if args.all_rows else f'c ≤ {LOW_C}'}):"
     )
     for s, v in per.items():
         n = sum(1 for r in train if r.system == s and use(r))
@@ -214,7 +244,7 @@ def main() -> int:
 
     table("Hold-out (30 %): per system × mode × concurrency", test, pred, full)
     table("Hold-out: per model", test, pred, lambda r: r.model)
-    table("Hold-out: per harness", test, pred, harness)
+    table("Hold-out: per method (how the row was measured)", test, pred, harness)
     table("Training rows", train, pred, full)
     # Leave one model out: refit without the model, predict the model.
     lomo: dict[str, float] = {}
@@ -225,7 +255,13 @@ def main() -> int:
                 lomo[r.id] = r.engine + p[r.system]
     table("Leave one model out: per model", recs, lambda r: lomo[r.id], lambda r: r.model)
     table("Leave one model out: per system × mode × concurrency", recs, lambda r: lomo[r.id], full)
-    table("Leave one model out: per harness", recs, lambda r: lomo[r.id], harness)
+    table("Leave one model out: per method", recs, lambda r: lomo[r.id], harness)
+    if args.write:
+        final, final_default = fit(recs, use, systems)
+        for s in systems:
+            n = sum(1 for r in recs if r.system == s and use(r))
+            print(f"  wrote {write_request_ms(s, final[s], n, final_default)}")
+        print(f"  all-systems value (evaluate.REQUEST_MS_DEFAULT): {final_default:.1f} ms")
     if args.dump:
         with args.dump.open("w", newline="") as f:
             w = csv.writer(f)

@@ -173,6 +173,12 @@ def table(
         print(line)
 
 
+def method_label(res: RowResult) -> str:
+    """How the row was measured: its lengths spread over [r, 1]·ISL/OSL (InferenceX) or fixed."""
+    m = res.row_plan.method if res.row_plan else None
+    return f"spread {m.range_ratio:g}" if m is not None and m.spread else "fixed"
+
+
 def pattern(msg: str) -> str:
     """A reason with its numbers and names blanked, so like reasons count together."""
     msg = re.sub(r"\([^)]*\)$", "", msg).strip()
@@ -285,6 +291,7 @@ def main() -> int:
                 "mode": r["mode"],
                 "quant": r["gemm_quant_mode"] or "(checkpoint)",
                 "conc": conc_bucket(concurrency_of(r)),
+                "method": method_label(res),
                 "e_ttft": ratio_err(res.ttft_ms, mt),
                 "e_tpot": ratio_err(res.tpot_ms, mp),
                 "a_ttft": ratio_err(a["ttft"], mt) if has_a else None,
@@ -299,6 +306,7 @@ def main() -> int:
     table("Per mode", recs, lambda x: x["mode"], with_aic)
     table("Per quantization (gemm_quant_mode)", recs, lambda x: x["quant"], with_aic)
     table("Per concurrency", recs, lambda x: x["conc"], with_aic)
+    table("Per benchmark method (rows.method_of)", recs, lambda x: x["method"], with_aic)
     table("Per mode × concurrency", recs, lambda x: f"{x['mode']} {x['conc']}", with_aic)
     table("Per system × quantization", recs, lambda x: f"{x['system']} {x['quant']}", with_aic)
     if with_aic:
@@ -387,7 +395,7 @@ def holdout_and_lomo(recs: list[dict[str, Any]]) -> None:
     table("Hold-out: per system", test, lambda x: x["system"], with_aic)
     table("Hold-out: per model", test, lambda x: x["model"], with_aic)
 
-    # Leave one model out (TTFT): request_ms refitted on the served low-concurrency rows of the others.
+    # Leave one model out (TTFT): request_ms refitted on the low-concurrency rows of the others.
     fit_recs = []
     for x in uniq:
         res, r = x["res"], x["row"]
@@ -411,7 +419,7 @@ def holdout_and_lomo(recs: list[dict[str, Any]]) -> None:
         )
 
     def use(r: Any) -> bool:
-        return not re.search(frm.IN_PROCESS, r.source) and r.conc <= frm.LOW_C
+        return bool(r.conc <= frm.LOW_C)
 
     systems = sorted({r.system for r in fit_recs})
     lomo: list[dict[str, Any]] = []

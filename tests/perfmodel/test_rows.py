@@ -282,3 +282,29 @@ def test_dense_model_reads_attention_dp_0_as_off(rows):
     assert res.error == "" and res.ttft_ms == _one(qwen).ttft_ms
     moe = _find(rows, "a22b_fp8_h100_sxm_trtllm_agg_128x256_c128_tp4")
     assert _one(moe, attention_dp_size="0").kind == "layout invalid"
+
+
+def test_a_rows_method_is_read_from_its_source(rows):
+    """InferenceX records (DB dumps and CSV exports) were measured with benchmark_serving.py's random
+    lengths over [0.8, 1]·ISL/OSL; other sources state no method and keep the default."""
+    from automation.perfmodel import queueing
+    from automation.perfmodel.rows import INFERENCEX_METHOD, method_of
+
+    db = _find(rows, "dsr1_b200_trtllm_fp8_disagg_8192x1024_c256_cfg549")
+    csv_export = _find(rows, "2026_04_06_llama_3_1_70b_h200_sxm_trtllm_fp8_agg_1024x8192_c128_tp1")
+    aic = _find(rows, "qwen3_32b_h100_sxm_trtllm_agg_2048x256_c16_tp2")
+    assert INFERENCEX_METHOD.range_ratio == 0.8 and INFERENCEX_METHOD.warmup == "burst"
+    assert method_of(db) == method_of(csv_export) == INFERENCEX_METHOD
+    assert method_of(aic) == queueing.DEFAULT_METHOD
+    assert (
+        method_of({"silicon_data_source": "source_file=/x/2026-04-06.csv; model=X"})
+        == queueing.DEFAULT_METHOD
+    )
+    with RowPredictor(MODEL_DIRS) as p:
+        rp = p.plan(csv_export)
+        assert rp.method == INFERENCEX_METHOD
+        assert (
+            p.predict(csv_export).ttft_ms
+            == predict_at_concurrency(rp.plan, rp.concurrency, rp.method).ttft_ms
+        )
+        assert p.plan(aic).method == queueing.DEFAULT_METHOD

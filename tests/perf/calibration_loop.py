@@ -6,7 +6,7 @@ shipped model's time). The loop:
      model, benchmarked: the error at the design concurrency is about the factors;
   2. `autodeploy calibrate` on that run;
   3. model A planned again under the calibration (perfmodel.calibration) and benchmarked on the same cluster;
-  4. model B (Qwen3-8B, another workload, 2 GPUs) benchmarked without and with the calibration: a
+  4. model B (Qwen3-8B, another workload, 2 GPUs, disaggregated) benchmarked without and with the calibration: a
      calibration is per system, so it must carry over to a model it never saw.
 Prints per run the errors at every level and at the design concurrency (measured / predicted − 1), and the
 fitted factors against the true ones. Numbers only; nothing is asserted.

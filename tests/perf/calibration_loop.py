@@ -74,16 +74,16 @@ def main() -> int:
     calibrated = {"perfmodel": {"calibration": str(calibration)}}
     results: list[tuple[str, dict[str, Any]]] = []
 
-    def rehearse(label: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    def rehearse(label: str, overrides: dict[str, Any], keep: bool = False) -> dict[str, Any]:
         print(f"[{label}] rehearsing ...", flush=True)
-        summary = run_rehearsal(DISAGG, f"calloop-{label}", overrides, keep=args.keep)
+        summary = run_rehearsal(DISAGG, f"calloop-{label}", overrides, keep=keep or args.keep)
         info = summary["rehearsal"]
         print(f"[{label}] done in {info['wall_s']:.0f} s: {summary['run']['plan']}", flush=True)
         print_table(level_rows(summary, run=label), ["run"])
         results.append((label, summary))
         return summary
 
-    first = rehearse("A-shipped", cluster)
+    first = rehearse("A-shipped", cluster, keep=True)  # calibrate reads its run directory
     run_dir = Path(first["rehearsal"]["run_dir"])
     fitted = subprocess.run(
         [str(AUTODEPLOY), "calibrate", str(run_dir), "--out", str(calibration)],

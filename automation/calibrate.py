@@ -221,10 +221,10 @@ def write(path: Path, data: CalibrationFile) -> None:
 
 
 def table_rows(fits: Sequence[Fit]) -> list[list[Any]]:
-    """Per system: factors, points, and TTFT/TPOT |error| (median, p90) before → after, in percent."""
+    """Per system: points, factors, and TTFT/TPOT |error| "median/p90 before → after", in percent."""
 
-    def change(before: float, after: float) -> str:
-        return f"{before:.0f}→{after:.0f}"
+    def change(before: tuple[float, float], after: tuple[float, float]) -> str:
+        return f"{before[0]:.0f}/{before[1]:.0f} → {after[0]:.0f}/{after[1]:.0f}"
 
     out = []
     for f in fits:
@@ -236,24 +236,12 @@ def table_rows(fits: Sequence[Fit]) -> list[list[Any]]:
                 f"{f.params['prefill_scale']:.3f}",
                 f"{f.params['decode_scale']:.3f}",
                 f"{f.params['extra_request_ms']:+.1f}",
-                change(b.ttft_median_abs, a.ttft_median_abs),
-                change(b.ttft_p90_abs, a.ttft_p90_abs),
-                change(b.tpot_median_abs, a.tpot_median_abs),
-                change(b.tpot_p90_abs, a.tpot_p90_abs),
+                change((b.ttft_median_abs, b.ttft_p90_abs), (a.ttft_median_abs, a.ttft_p90_abs)),
+                change((b.tpot_median_abs, b.tpot_p90_abs), (a.tpot_median_abs, a.tpot_p90_abs)),
             ]
         )
     return out
 
 
-# Short headers: the table must fit an 80-column terminal. Errors are |measured/predicted − 1| in %.
-TABLE_COLUMNS = [
-    "system",
-    "n",
-    "prefill×",
-    "decode×",
-    "+ms/req",
-    "TTFT med%",
-    "TTFT p90%",
-    "TPOT med%",
-    "TPOT p90%",
-]
+# Short headers, so that the table fits an 80-column terminal. Errors: |measured/predicted − 1| in %.
+TABLE_COLUMNS = ["system", "n", "prefill", "decode", "+ms", "TTFT % med/p90", "TPOT % med/p90"]

@@ -204,7 +204,8 @@ class Console:
 
         table = Table(title=title, show_lines=False, header_style=None if self.plain else "bold")
         for column in columns:
-            table.add_column(column)
+            # Fold, never cut: a narrow terminal must not turn "h200_sxm" into "h200_…".
+            table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(*(escape(str(cell)) for cell in row))
         self.out.print(table)

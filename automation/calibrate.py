@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from automation import __version__
+from automation.bench.metrics import REPORTED_METRICS
 from automation.errors import InputError
 from automation.perfmodel.calibration import CalibrationFile, Fit, Observation, Source, fit_system
 
-# The level files' measured means, as summarize reads them (bench.metrics.REPORTED_METRICS).
-TTFT_KEY, TPOT_KEY = "time_to_first_token_ms", "inter_token_latency_ms"
+# The level files' measured means, as summarize reads them.
+MEASURED_KEYS = {m.key: m.measured_key for m in REPORTED_METRICS}
+TTFT_KEY, TPOT_KEY = MEASURED_KEYS["ttft_ms"], MEASURED_KEYS["tpot_ms"]
 
 
 @dataclass
@@ -197,10 +199,9 @@ def write(path: Path, data: CalibrationFile) -> None:
     Raises:
         InputError: the file cannot be written.
     """
-    import os
-    import tempfile
-
     import yaml
+
+    from automation.state import write_atomic
 
     header = (
         "# An autodeploy calibration: per GPU system, factors on the performance model's prefill and decode\n"
@@ -211,11 +212,7 @@ def write(path: Path, data: CalibrationFile) -> None:
     )
     body = yaml.safe_dump(data.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(header + body)
-        os.replace(tmp, path)
+        write_atomic(path, header + body)
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}", hint="check the --out path") from None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from automation.config.names import SCRIPT_ENV, SHELL_NAME, shown
@@ -169,20 +168,18 @@ def _configure_problems(config: PipelineConfig) -> list[Problem]:
 def _perfmodel_problems(config: PipelineConfig) -> list[Problem]:
     """The calibration must be a calibration of this system; the mocker's speed is a rehearsal's only."""
     problems: list[Problem] = []
-    speed = config.launch.mocker_speed
-    if config.launch.engine != "mocker" and (speed.prefill != 1.0 or speed.decode != 1.0):
+    if config.launch.engine != "mocker" and config.launch.mocker_speed.slows:
         problems.append(
             (
                 ("launch", "mocker_speed"),
                 "slows Dynamo's mocker, and launch.engine is trtllm: remove it (real GPUs run at their own speed)",
             )
         )
-    path = config.perfmodel.calibration
-    if path is not None:
+    if config.perfmodel.reference:
         from automation.perfmodel.calibration import factors
 
         try:
-            factors(str(Path(path).expanduser().absolute()), config.system.strip().lower())
+            factors(config.perfmodel.reference, config.system.strip().lower())
         except InputError as exc:
             problems.append((("perfmodel", "calibration"), exc.message))
     return problems

@@ -156,6 +156,11 @@ class PerfModelSection(Strict):
         "decode factors and fixed cost per request apply to configure, the mocker's profiles and summarize.",
     )
 
+    @property
+    def reference(self) -> str:
+        """The calibration as plans carry it (Plan.calibration): the file's absolute path, "" for none."""
+        return str(self.calibration.expanduser().absolute()) if self.calibration is not None else ""
+
 
 class MockerSpeed(Strict):
     """Rehearsal only: how much slower Dynamo's mocker runs than the shipped model believes (a stand-in
@@ -165,6 +170,11 @@ class MockerSpeed(Strict):
         1.0, gt=0.1, le=10.0, description="Each prefill step takes this × the model's time."
     )
     decode: float = Field(1.0, gt=0.1, le=10.0, description="Each decode step takes this × the model's time.")
+
+    @property
+    def slows(self) -> bool:
+        """Whether either factor differs from the shipped model's speed."""
+        return self.prefill != 1.0 or self.decode != 1.0
 
 
 class Summarize(Strict):

@@ -231,9 +231,7 @@ def apply(spec: SystemSpec, ref: str) -> SystemSpec:
 
 
 def describe(ref: str, system: str) -> str:
-    """One line: which calibration is in force for `system` and its factors (for plan, summary, logs)."""
-    if not ref:
-        return f"none (the shipped fit of {system})"
+    """One line: the calibration `ref` and the factors it gives `system` (configure's outputs, the report)."""
     p = factors(ref, system)
     return (
         f"{ref}: prefill ×{p['prefill_scale']:.3f}, decode ×{p['decode_scale']:.3f}, "

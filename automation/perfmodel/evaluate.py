@@ -608,7 +608,7 @@ def kv_cache_dtype(arch: ModelArch) -> KvCacheDtype:
 def estimate_cli(args: Any) -> dict[str, Any]:
     """`autodeploy estimate`: one configuration's prediction as a JSON-able dict."""
     isl, osl = _positive("isl", args.isl), _positive("osl", args.osl)
-    calibration = str(Path(args.calibration).absolute()) if getattr(args, "calibration", None) else ""
+    calibration = str(Path(args.calibration).absolute()) if args.calibration else ""
     arch, sysc = load_model(args.model), load_system(args.system, calibration)
     mode = args.mode
     if mode in ("agg", "prefill", "decode"):

@@ -6,9 +6,12 @@ import difflib
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from automation.errors import InputError
+
+if TYPE_CHECKING:
+    from automation.perfmodel.queueing import Stack
 
 SYSTEMS_DIR = Path(__file__).resolve().parent.parent / "configs" / "systems"
 
@@ -183,7 +186,7 @@ def load_system(name: str, calibration: str = "") -> SystemSpec:
     )
 
 
-def calibrated_stack(stack: Any, sysc: SystemSpec) -> Any:
+def calibrated_stack(stack: Stack, sysc: SystemSpec) -> Stack:
     """The serving stack (queueing.Stack) with the calibration's extra fixed cost per request added to its
     own: the calibration measures what the stack that ran costs beyond what the model charged it."""
     if not sysc.extra_request_ms:

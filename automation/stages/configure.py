@@ -84,18 +84,12 @@ def imported_plan(config: PipelineConfig, result: Any, pick: Any) -> Plan:
     return deployed_plan(config, plan)
 
 
-def calibration_reference(config: PipelineConfig) -> str:
-    """The calibration file the plan's predictions use (perfmodel.calibration, absolute), "" for none."""
-    path = config.perfmodel.calibration
-    return str(Path(path).expanduser().absolute()) if path is not None else ""
-
-
 def calibration_inputs(config: PipelineConfig) -> dict[str, Any]:
     """What configure's fingerprint holds of the calibration: its path and content (an edited file
     plans again); nothing when none is named, so that runs from before calibrations keep theirs."""
     import hashlib
 
-    ref = calibration_reference(config)
+    ref = config.perfmodel.reference
     if not ref:
         return {}
     try:
@@ -176,7 +170,7 @@ class Configure(Stage):
             gpus_per_node=min(node.gpus for node in config.cluster.nodes),
             engine=engine_overrides(config),
             method=benchmark_method(config),
-            calibration=calibration_reference(config),
+            calibration=config.perfmodel.reference,
         )
         directory = ctx.path("configure")
         directory.mkdir(parents=True, exist_ok=True)
@@ -239,7 +233,7 @@ class Configure(Stage):
             )
         result = aiconfigurator.load(Path(directory))
         pick = result.pick(config.configure.mode, config.configure.rank)
-        plan = replace(imported_plan(config, result, pick), calibration=calibration_reference(config))
+        plan = replace(imported_plan(config, result, pick), calibration=config.perfmodel.reference)
         prediction = _estimate(plan, config)
         theirs = aiconfigurator.own_numbers(pick, result)
         ctx.log.info("imported %s rank %d from %s: %s", pick.mode, pick.rank, result.directory, pick.layout())

@@ -17,7 +17,6 @@ import yaml
 
 from automation.config import PipelineConfig
 from automation.config.names import SHELL_NAME
-from automation.config.schema import MockerSpeed
 from automation.contracts import ConfigureOutputs, GenerateOutputs, recorded
 from automation.engine_config import (
     TrtllmFamily,
@@ -351,7 +350,7 @@ class Generator:
         from automation.perfmodel import load_system
 
         speed = self.config.launch.mocker_speed
-        if speed == MockerSpeed():
+        if not speed.slows:
             return load_system(self.plan.system, self.plan.calibration)
         return replace(load_system(self.plan.system), prefill_scale=speed.prefill, decode_scale=speed.decode)
 
@@ -608,11 +607,7 @@ class Generate(Stage):
                 include={"runtime", "engine", "python", "system_port_base", "env"}
             ),
             # Only when set, so that runs recorded before it existed keep their fingerprint.
-            **(
-                {"mocker_speed": speed.model_dump()}
-                if (speed := config.launch.mocker_speed) != MockerSpeed()
-                else {}
-            ),
+            **({"mocker_speed": speed.model_dump()} if (speed := config.launch.mocker_speed).slows else {}),
         }
 
     def run(self, ctx: StageContext) -> GenerateOutputs:

@@ -300,7 +300,7 @@ def run_facts(record: RunRecord, documents: list[dict[str, Any]], plan_text: str
         f"{record.configure.plan.system}.fit.yaml)"
     )
     speed = record.config.launch.mocker_speed
-    if record.config.launch.engine == "mocker" and (speed.prefill != 1.0 or speed.decode != 1.0):
+    if record.config.launch.engine == "mocker" and speed.slows:
         facts["mocker_speed"] = f"prefill ×{speed.prefill:g}, decode ×{speed.decode:g} the shipped model"
     return facts
 
